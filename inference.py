@@ -1,0 +1,208 @@
+"""Chat with any trained model: interactively in the terminal (streamed), or in batch from a file.
+
+The chat format comes from the model folder (the template it was trained with) unless --template_name is given.
+
+    python inference.py --base_model merged-sft --interactive              # 'clear' resets history, 'exit' quits
+    python inference.py --base_model merged-pt --lora_model outputs-sft --interactive   # adapter, no merge needed
+    python inference.py --base_model merged-sft --data_file questions.txt --output_file answers.jsonl
+"""
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from threading import Thread
+
+import torch
+from transformers import AutoModelForCausalLM, TextIteratorStreamer, set_seed
+
+from medgpt import args, model, saving
+from medgpt.errors import UserError, run_cli
+
+logger = logging.getLogger(__name__)
+PROMPT_KEYS = ("prompt", "instruction", "question", "query", "input", "text")
+
+
+@dataclass
+class InferenceArguments:
+    base_model: str = field(metadata={"help": "Model folder or hub id (a merged model, or the base of --lora_model)."})
+    lora_model: str | None = field(default=None, metadata={"help": "LoRA adapter folder, used without merging."})
+    tokenizer_path: str | None = field(default=None, metadata={"help": "Tokenizer (default: adapter's, else base's)."})
+    template_name: str | None = field(default=None, metadata={"help": "Chat template; default: the one the model "
+                                                               "was trained with, else its tokenizer's."})
+    system_prompt: str = field(default="", metadata={"help": "System prompt for every conversation."})
+    stop_str: str = field(default="", metadata={"help": "Extra string that ends an answer."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Longest answer in tokens."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature; 0 = greedy decoding."})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling probability mass."})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "Penalty > 1 discourages repeating tokens."})
+    seed: int | None = field(default=None, metadata={"help": "Random seed, for reproducible sampling."})
+    interactive: bool = field(default=False, metadata={"help": "Chat in the terminal."})
+    single_tune: bool = field(default=False, metadata={"help": "Interactive: forget history after every answer."})
+    data_file: str | None = field(default=None, metadata={"help": "Batch input: .txt (a prompt per line) or .jsonl."})
+    output_file: str = field(default="./predictions_result.jsonl", metadata={"help": "Batch output (JSONL)."})
+    eval_batch_size: int = field(default=4, metadata={"help": "Prompts generated together in batch mode."})
+    resize_emb: bool = field(default=False, metadata={"help": "Resize base embeddings to the tokenizer first."})
+    load_in_8bit: bool = field(default=False, metadata={"help": "Load the model in 8-bit (bitsandbytes)."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "Load the model in 4-bit (bitsandbytes)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the checkpoint."})
+
+
+def load(inf_args: InferenceArguments):
+    """Tokenizer (left padding for batches), template and model (+ adapter)."""
+    has_tokenizer = inf_args.lora_model and Path(inf_args.lora_model, "tokenizer_config.json").is_file()
+    model_args = args.ModelArguments(
+        model_name_or_path=inf_args.base_model, trust_remote_code=inf_args.trust_remote_code,
+        tokenizer_name_or_path=inf_args.tokenizer_path or (inf_args.lora_model if has_tokenizer else None),
+        load_in_8bit=inf_args.load_in_8bit, load_in_4bit=inf_args.load_in_4bit)
+    saved_name, tool_format = saving.read_template_name(inf_args.lora_model or inf_args.base_model)
+    chat_args = args.ChatArguments(template_name=inf_args.template_name or saved_name, tool_format=tool_format)
+    tokenizer, template = model.load_chat_tokenizer(model_args, chat_args, padding_side="left")
+    if inf_args.lora_model and not Path(inf_args.lora_model, "adapter_config.json").is_file():
+        raise UserError(f"--lora_model {inf_args.lora_model} holds no adapter_config.json.")
+    lm = model.load_model(model_args, None, tokenizer, max_length=None)
+    if inf_args.lora_model:
+        from peft import PeftModel
+
+        if inf_args.resize_emb:
+            lm.resize_token_embeddings(len(tokenizer))
+        lm = PeftModel.from_pretrained(lm, inf_args.lora_model)
+    return tokenizer, template, lm.eval()
+
+
+def generation_kwargs(inf_args: InferenceArguments, tokenizer, template) -> dict:
+    stops = [s for s in (*template.stop_words, inf_args.stop_str) if s]
+    stop_ids = sorted({tokenizer.convert_tokens_to_ids(s) for s in stops if s in tokenizer.get_vocab()}
+                      | {tokenizer.eos_token_id})
+    multi_token_stops = [s for s in stops if s not in tokenizer.get_vocab()]
+    sampling = {"do_sample": True, "temperature": inf_args.temperature, "top_p": inf_args.top_p}
+    return {"max_new_tokens": inf_args.max_new_tokens, "repetition_penalty": inf_args.repetition_penalty,
+            "eos_token_id": stop_ids, "pad_token_id": tokenizer.pad_token_id,
+            **(sampling if inf_args.temperature > 0 else {"do_sample": False}),
+            **({"stop_strings": multi_token_stops, "tokenizer": tokenizer} if multi_token_stops else {})}
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    for stop in stops:
+        if stop and stop in text:
+            text = text[: text.index(stop)]
+    return text.strip()
+
+
+def answer(lm, tokenizer, template, messages: list[dict], gen_kwargs: dict, stream: bool = False) -> str:
+    prompt = template.render(messages, add_generation_prompt=True)
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(lm.device)
+    if not stream:
+        with torch.no_grad():
+            output = lm.generate(**inputs, **gen_kwargs)
+        text = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return cut_at_stop(text, list(template.stop_words))
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    thread = Thread(target=lm.generate, kwargs={**inputs, **gen_kwargs, "streamer": streamer})
+    thread.start()
+    pieces = []
+    for piece in streamer:
+        pieces.append(piece)
+        print(piece, end="", flush=True)
+    thread.join()
+    print()
+    return cut_at_stop("".join(pieces), list(template.stop_words))
+
+
+def interactive(lm, tokenizer, template, inf_args: InferenceArguments, gen_kwargs: dict) -> list[dict]:
+    """Multi-turn chat on stdin/stdout. Returns the conversation (for tests and logs)."""
+    print("Chat started. Type 'clear' to forget the conversation, 'exit' to quit.")
+    system = [{"role": "system", "content": inf_args.system_prompt}] if inf_args.system_prompt else []
+    history: list[dict] = []
+    while True:
+        try:
+            query = input("User: ").strip()
+        except EOFError:
+            break
+        if query == "exit":
+            break
+        if query == "clear":
+            history = []
+            print("(history cleared)")
+            continue
+        if not query:
+            continue
+        print("Assistant: ", end="", flush=True)
+        reply = answer(lm, tokenizer, template, system + history + [{"role": "user", "content": query}], gen_kwargs,
+                       stream=True)
+        turn = [{"role": "user", "content": query}, {"role": "assistant", "content": reply}]
+        history = [] if inf_args.single_tune else history + turn
+    return history
+
+
+def read_prompts(path: str) -> list[list[dict]]:
+    """Conversations to answer: a .txt line is one question; a .jsonl row is messages/conversations (answered
+    after its last user turn) or a single prompt field."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--data_file {path}: file not found.")
+    if file.suffix == ".txt":
+        return [[{"role": "user", "content": line.strip()}] for line in file.read_text(encoding="utf-8").splitlines()
+                if line.strip()]
+    conversations = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{number}: invalid JSON ({err.msg}).") from None
+        if isinstance(row, dict) and ("messages" in row or "conversations" in row):
+            turns = row.get("messages") or [{"role": {"human": "user", "gpt": "assistant"}.get(t["from"], t["from"]),
+                                             "content": t["value"]} for t in row["conversations"]]
+            while turns and turns[-1]["role"] != "user":
+                turns = turns[:-1]
+            conversations.append(turns)
+            continue
+        key = next((k for k in PROMPT_KEYS if isinstance(row, dict) and isinstance(row.get(k), str)), None)
+        if key is None:
+            raise UserError(f"{path}:{number}: no prompt found; give one of {', '.join(PROMPT_KEYS)} or messages.")
+        conversations.append([{"role": "user", "content": row[key]}])
+    if not conversations:
+        raise UserError(f"--data_file {path} holds no prompts.")
+    return conversations
+
+
+def batch(lm, tokenizer, template, inf_args: InferenceArguments, gen_kwargs: dict) -> Path:
+    conversations = read_prompts(inf_args.data_file)
+    system = [{"role": "system", "content": inf_args.system_prompt}] if inf_args.system_prompt else []
+    out = Path(inf_args.output_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")  # renamed at the end: no half-written output file
+    with partial.open("w", encoding="utf-8") as f:
+        for start in range(0, len(conversations), inf_args.eval_batch_size):
+            chunk = conversations[start : start + inf_args.eval_batch_size]
+            prompts = [template.render(system + c, add_generation_prompt=True) for c in chunk]
+            inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
+            with torch.no_grad():
+                output = lm.generate(**inputs, **gen_kwargs)
+            for conversation, ids in zip(chunk, output[:, inputs["input_ids"].shape[1]:]):
+                text = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), list(template.stop_words))
+                f.write(json.dumps({"Input": conversation[-1]["content"], "Output": text}, ensure_ascii=False) + "\n")
+            logger.info("answered %d/%d", min(start + len(chunk), len(conversations)), len(conversations))
+    os.replace(partial, out)
+    print(f"wrote {len(conversations)} answers to {out}")
+    return out
+
+
+def main(argv: list[str] | None = None):
+    (inf_args,) = args.parse((InferenceArguments,), argv)
+    if not inf_args.interactive and not inf_args.data_file:
+        raise UserError("nothing to do: pass --interactive to chat, or --data_file FILE for batch answers.")
+    if inf_args.seed is not None:
+        set_seed(inf_args.seed)
+    tokenizer, template, lm = load(inf_args)
+    gen_kwargs = generation_kwargs(inf_args, tokenizer, template)
+    if inf_args.interactive:
+        return interactive(lm, tokenizer, template, inf_args, gen_kwargs)
+    return batch(lm, tokenizer, template, inf_args, gen_kwargs)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,256 @@
+"""Command-line arguments shared by the stage scripts, and the one parser they all use.
+
+Flag names and meanings follow MedicalGPT so existing `run_*.sh` command lines keep working. Library-owned flags
+(everything in `TrainingArguments` / TRL configs) are never redeclared here.
+"""
+
+import difflib
+import json
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from medgpt.errors import UserError
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Base model: a local directory or hub id."})
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer to use (e.g. an extended vocabulary); defaults to the model's."}
+    )
+    load_in_8bit: bool = field(default=False, metadata={"help": "Load the base weights in 8-bit (bitsandbytes)."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "Load the base weights in 4-bit (bitsandbytes)."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Cache folder for hub models and datasets."})
+    model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
+    hf_hub_token: str | None = field(default=None, metadata={"help": "Token for private hub models."})
+    use_fast_tokenizer: bool = field(
+        default=True, metadata={"help": "Use the fast (Rust) tokenizer; a slow one works but tokenizes slower."}
+    )
+    torch_dtype: Literal[DTYPES] | None = field(
+        default=None, metadata={"help": "Weight dtype; None/auto keeps the checkpoint's dtype. No fp32 upcasting."}
+    )
+    device_map: str | None = field(
+        default="auto", metadata={"help": "Where to load weights: auto, cpu, cuda:0 or none. Ignored under DDP."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the checkpoint."})
+    rope_scaling: Literal["linear", "dynamic"] | None = field(
+        default=None, metadata={"help": "Stretch RoPE when the training length exceeds the model's context."}
+    )
+    flash_attn: bool = field(
+        default=False, metadata={"help": "Use FlashAttention-2 (needs the flash-attn package and a CUDA GPU)."}
+    )
+    attn_implementation: Literal[ATTENTION] = field(default="sdpa", metadata={"help": "Attention kernel."})
+    neft_alpha: float = field(
+        default=0.0, metadata={"help": "NEFTune noise alpha for embeddings during training (0 = off; paper: 5)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.device_map in ("None", "none", ""):
+            self.device_map = None
+        if self.torch_dtype == "auto":
+            self.torch_dtype = None
+        if self.flash_attn:
+            self.attn_implementation = "flash_attention_2"
+
+
+@dataclass
+class LoraArguments:
+    use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (False = full fine-tuning)."})
+    target_modules: str = field(
+        default="all", metadata={"help": "Comma list of module names, or 'all' = every linear layer but the head."}
+    )
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA alpha (scaling = alpha / rank)."})
+    modules_to_save: str | None = field(
+        default=None, metadata={"help": "Comma list of modules trained in full and saved, e.g. embed_tokens,lm_head."}
+    )
+    peft_path: str | None = field(default=None, metadata={"help": "Continue training this saved LoRA adapter."})
+    qlora: bool = field(default=False, metadata={"help": "QLoRA: 4-bit NF4 double-quantized base + LoRA."})
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A datasets hub name, or a local dataset folder (save_to_disk/load_dataset)."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Config name of --dataset_name."})
+    train_file_dir: str | None = field(
+        default=None, metadata={"help": "Folder of training files (.jsonl/.json/.txt), searched recursively."}
+    )
+    validation_file_dir: str | None = field(default=None, metadata={"help": "Folder of validation files."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training samples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many eval samples."})
+    overwrite_cache: bool = field(default=False, metadata={"help": "Redo tokenization instead of using the cache."})
+    validation_split_percentage: float = field(
+        default=1, metadata={"help": "Percent of training data held out for eval when no validation files are given."}
+    )
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
+    skip_bad_rows: bool = field(
+        default=False, metadata={"help": "Skip malformed rows (counted in a summary) instead of stopping."}
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.validation_split_percentage < 100:
+            raise UserError(
+                f"--validation_split_percentage {self.validation_split_percentage} is out of range; use 0 (no eval "
+                "split) up to 99."
+            )
+
+
+@dataclass
+class ChatArguments:
+    template_name: str | None = field(
+        default=None,
+        metadata={"help": "Chat template name (see template.py), or auto/None for the tokenizer's own chat template."},
+    )
+    tool_format: str | None = field(
+        default=None, metadata={"help": "Text format of tool calls/results: default, qwen, glm4, llama3, mistral."}
+    )
+
+
+def _config_to_argv(path: str, parser: HfArgumentParser) -> list[str]:
+    """Turn a YAML/JSON config into command-line tokens so argparse checks types and later CLI flags win."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--config {path}: file not found.")
+    try:
+        text = file.read_text(encoding="utf-8")
+        config = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise UserError(f"--config {path} is not valid {file.suffix.lstrip('.').upper() or 'YAML'}: {err}") from None
+    if config is None:
+        return []
+    if not isinstance(config, dict):
+        raise UserError(f"--config {path} must hold a mapping of flag names to values, got {type(config).__name__}.")
+    known = {action.dest for action in parser._actions}
+    argv: list[str] = []
+    for key, value in config.items():
+        if key not in known:
+            hint = difflib.get_close_matches(key, known, n=1)
+            raise UserError(
+                f"--config {path}: unknown key {key!r}." + (f" Did you mean {hint[0]!r}?" if hint else "")
+            )
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        argv.append(f"--{key}")
+        argv.extend(json.dumps(v) if isinstance(v, dict) else str(v) for v in values)
+    return argv
+
+
+def _accelerator_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
+def parse(types: tuple[type, ...], argv: list[str] | None = None, defaults: dict[str, Any] | None = None) -> tuple:
+    """Parse CLI flags (and `--config file.yaml|json`, overridden by CLI flags) into the given dataclasses.
+
+    Unknown flags are an error. `defaults` are a script's own defaults for library flags (e.g. report_to).
+    A single `.json`/`.yaml` argument is read as a config file, as MedicalGPT's SFT script allowed.
+    """
+    parser = HfArgumentParser(types, allow_abbrev=False)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    defaults = dict(defaults or {})
+    if any(issubclass(t, TrainingArguments) for t in types) and not _accelerator_available():
+        # On a machine without a GPU, training can only run on the CPU; say so instead of failing on --bf16.
+        defaults.setdefault("use_cpu", True)
+    parser.set_defaults(**defaults)
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        argv = ["--config", argv[0]]
+    config_argv: list[str] = []
+    while "--config" in argv or any(a.startswith("--config=") for a in argv):
+        index = next(i for i, a in enumerate(argv) if a == "--config" or a.startswith("--config="))
+        if argv[index] == "--config":
+            if index + 1 >= len(argv):
+                raise UserError("--config needs a file path, e.g. --config sft.yaml")
+            path = argv[index + 1]
+            del argv[index : index + 2]
+        else:
+            path = argv.pop(index).split("=", 1)[1]
+        config_argv += _config_to_argv(path, parser)
+    return parser.parse_args_into_dataclasses(args=config_argv + argv, return_remaining_strings=False)
+
+
+def check_args(
+    model_args: ModelArguments,
+    lora_args: LoraArguments,
+    data_args: DataArguments | None,
+    training_args: TrainingArguments,
+) -> None:
+    """Report every cross-flag problem at once, each with the fix."""
+    problems = []
+    if not model_args.model_name_or_path:
+        problems.append("--model_name_or_path is required (a local model folder or a hub id).")
+    if model_args.load_in_4bit and model_args.load_in_8bit:
+        problems.append("--load_in_4bit and --load_in_8bit exclude each other; pick one.")
+    quantized = model_args.load_in_4bit or model_args.load_in_8bit or lora_args.qlora
+    if quantized and not lora_args.use_peft:
+        problems.append("quantized weights cannot be fully fine-tuned; add --use_peft True or drop --load_in_*/--qlora.")
+    if lora_args.peft_path and not lora_args.use_peft:
+        problems.append(f"--peft_path {lora_args.peft_path} needs --use_peft True.")
+    if lora_args.peft_path and not Path(lora_args.peft_path, "adapter_config.json").is_file():
+        problems.append(f"--peft_path {lora_args.peft_path} holds no adapter_config.json; point it at a saved adapter.")
+    if data_args is not None and training_args.do_train and not (data_args.train_file_dir or data_args.dataset_name):
+        problems.append("no training data: pass --train_file_dir DIR or --dataset_name NAME.")
+    for flag in ("train_file_dir", "validation_file_dir"):
+        folder = getattr(data_args, flag, None)
+        if folder and not Path(folder).is_dir():
+            problems.append(f"--{flag} {folder} is not a directory.")
+    if model_args.neft_alpha < 0:
+        problems.append(f"--neft_alpha {model_args.neft_alpha} must be >= 0.")
+    if not lora_args.use_peft and model_args.torch_dtype == "float16" and training_args.fp16:
+        problems.append(
+            "full fine-tuning with --torch_dtype float16 and --fp16 cannot unscale fp16 gradients; use --torch_dtype "
+            "bfloat16 --bf16, or --torch_dtype float32 --fp16."
+        )
+    if quantized and training_args.deepspeed and "3" in str(_zero_stage(training_args.deepspeed)):
+        problems.append("4/8-bit loading does not work with DeepSpeed ZeRO-3; use zero2.json or drop quantization.")
+    if problems:
+        raise UserError("invalid arguments:\n  - " + "\n  - ".join(problems))
+    if model_args.neft_alpha > 0:
+        training_args.neftune_noise_alpha = model_args.neft_alpha  # the Trainer's NEFTune: right scale, train only
+
+
+def wants_eval(training_args: TrainingArguments) -> bool:
+    return training_args.do_eval or training_args.eval_strategy != "no"
+
+
+def check_eval_split(training_args: TrainingArguments, eval_set) -> None:
+    """Fail before training, not at the first evaluation step, when evaluation has nothing to run on."""
+    if training_args.eval_strategy != "no" and not eval_set:
+        raise UserError(
+            f"--eval_strategy {training_args.eval_strategy} needs an eval split, but there is none: pass "
+            "--validation_file_dir DIR or --validation_split_percentage > 0, or set --eval_strategy no."
+        )
+
+
+def _zero_stage(deepspeed: str | dict) -> int | None:
+    if isinstance(deepspeed, dict):
+        config = deepspeed
+    else:
+        try:
+            config = json.loads(Path(deepspeed).read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+    return config.get("zero_optimization", {}).get("stage")
+
+
+def is_distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def dataclass_flags(cls: type) -> list[str]:
+    """Flag names a dataclass declares (for docs and tests)."""
+    return [f"--{f.name}" for f in fields(cls)]

@@ -1,0 +1,23 @@
+"""User-facing errors: one clear paragraph on the terminal, a non-zero exit code, never a bare traceback."""
+
+import logging
+import sys
+from collections.abc import Callable
+
+logger = logging.getLogger("medgpt")
+
+
+class UserError(ValueError):
+    """Bad input a user can fix (flag, data file, model path). The message names what, where and the fix."""
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Run a script's main(); a UserError becomes a one-paragraph message on stderr and exit code 2."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    try:
+        main()
+    except UserError as err:
+        print(f"\nerror: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,211 @@
+"""Loading tokenizers and models: dtype, attention kernel, quantization, LoRA, embedding resize, special tokens."""
+
+import importlib.util
+import logging
+import math
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    TrainingArguments,
+)
+
+from medgpt.args import ChatArguments, LoraArguments, ModelArguments, is_distributed
+from medgpt.errors import UserError
+from template import get_template, with_tool_format
+
+logger = logging.getLogger(__name__)
+
+
+def _hub_kwargs(model_args: ModelArguments) -> dict:
+    return {"trust_remote_code": model_args.trust_remote_code, "cache_dir": model_args.cache_dir,
+            "revision": model_args.model_revision, "token": model_args.hf_hub_token}
+
+
+def _cannot_load(what: str, path: str, err: Exception) -> UserError:
+    first_line = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    return UserError(
+        f"cannot load the {what} from {path!r}: {first_line}. Point --model_name_or_path (or "
+        "--tokenizer_name_or_path) at a local model folder, or a hub id when you are online."
+    )
+
+
+def load_tokenizer(model_args: ModelArguments, padding_side: str = "right", stop_words: tuple[str, ...] = ()):
+    """The tokenizer with usable eos and pad tokens."""
+    path = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=model_args.use_fast_tokenizer, **_hub_kwargs(model_args))
+    except (OSError, ValueError) as err:
+        raise _cannot_load("tokenizer", path, err) from None
+    if tokenizer.eos_token is None:
+        stops = [s for s in stop_words if s in tokenizer.get_vocab()]
+        if not stops:
+            raise UserError(f"the tokenizer of {path} has no eos token and the template names none; add one to it.")
+        tokenizer.eos_token = stops[0]
+        logger.info("tokenizer had no eos token; using the template's stop string %r", stops[0])
+    if tokenizer.pad_token is None:
+        # Padding is masked out of attention and loss, so any existing token works; no new embedding row needed.
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        logger.info("tokenizer had no pad token; using %r", tokenizer.pad_token)
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_chat_tokenizer(model_args: ModelArguments, chat_args: ChatArguments, padding_side: str = "right"):
+    """Tokenizer and chat template. A named template also becomes the tokenizer's chat_template, so every saved
+    model carries the exact format it was trained with and inference renders the same text."""
+    tokenizer = load_tokenizer(model_args, padding_side)
+    try:
+        template = get_template(chat_args.template_name, tokenizer)
+        if chat_args.tool_format:
+            template = with_tool_format(template, chat_args.tool_format)
+    except ValueError as err:
+        raise UserError(f"--template_name {chat_args.template_name} / --tool_format {chat_args.tool_format}: {err}") from None
+    if template.name != "auto":
+        tokenizer.chat_template = template.to_jinja()
+    return tokenizer, template
+
+
+def padding_free(model_args: ModelArguments) -> bool:
+    """FlashAttention-2 takes variable-length sequences, so batches need no padding at all."""
+    return model_args.attn_implementation == "flash_attention_2"
+
+
+def quantization_config(model_args: ModelArguments, lora_args: LoraArguments | None) -> BitsAndBytesConfig | None:
+    qlora = bool(lora_args and lora_args.qlora)
+    if not (qlora or model_args.load_in_4bit or model_args.load_in_8bit):
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("--load_in_4bit/--load_in_8bit/--qlora need bitsandbytes: pip install bitsandbytes")
+    if model_args.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = getattr(torch, model_args.torch_dtype) if model_args.torch_dtype else torch.float32
+    if not torch.cuda.is_available() and compute == torch.float16:
+        compute = torch.float32  # fp16 matmuls are not implemented for the CPU path
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4" if qlora else "fp4",
+                              bnb_4bit_use_double_quant=qlora, bnb_4bit_compute_dtype=compute)
+
+
+def _device_map(model_args: ModelArguments, training_args: TrainingArguments | None, quantized: bool):
+    if is_distributed() or (training_args is not None and training_args.deepspeed):
+        return None  # DDP / DeepSpeed place the model themselves; a device_map would fight them
+    if quantized:
+        return {"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"}
+    if not torch.cuda.is_available():
+        return None
+    return model_args.device_map
+
+
+def _check_attention(name: str) -> None:
+    if name == "flash_attention_2" and (importlib.util.find_spec("flash_attn") is None or not torch.cuda.is_available()):
+        raise UserError(
+            "--flash_attn / --attn_implementation flash_attention_2 needs the flash-attn package and a CUDA GPU; "
+            "install it (pip install flash-attn --no-build-isolation) or use --attn_implementation sdpa."
+        )
+
+
+def _rope_scaling(config, model_args: ModelArguments, max_length: int | None) -> None:
+    if not model_args.rope_scaling or not max_length:
+        return
+    context = getattr(config, "max_position_embeddings", None)
+    if not context:
+        raise UserError(f"--rope_scaling: {model_args.model_name_or_path} has no max_position_embeddings to scale.")
+    factor = float(math.ceil(max_length / context)) if max_length > context else 1.0
+    if factor > 1.0:
+        theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+        config.rope_parameters = {"rope_type": model_args.rope_scaling, "factor": factor, "rope_theta": theta}
+        logger.info("RoPE %s scaling, factor %.1f (%d tokens > context %d)", model_args.rope_scaling, factor,
+                    max_length, context)
+    else:
+        logger.info("--rope_scaling not needed: %d tokens fit the model's %d context", max_length, context)
+
+
+def sync_special_tokens(model: PreTrainedModel, tokenizer) -> None:
+    """Copy the tokenizer's pad/eos/bos ids into the model config and generation config (MedicalGPT never did,
+    which broke batches > 1 on models without a pad token)."""
+    for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        value = getattr(tokenizer, name)
+        if value is not None:
+            setattr(model.config, name, value)
+            if getattr(model, "generation_config", None) is not None and name != "eos_token_id":
+                setattr(model.generation_config, name, value)
+    if getattr(model, "generation_config", None) is not None and tokenizer.eos_token_id is not None:
+        eos = model.generation_config.eos_token_id
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        if tokenizer.eos_token_id not in eos:
+            model.generation_config.eos_token_id = eos + [tokenizer.eos_token_id] if eos else tokenizer.eos_token_id
+
+
+def load_model(model_args: ModelArguments, lora_args: LoraArguments | None, tokenizer,
+               training_args: TrainingArguments | None = None, max_length: int | None = None,
+               task: str = "causal") -> PreTrainedModel:
+    """Base model in its own dtype (never upcast to fp32), optionally quantized, with LoRA when use_peft."""
+    path = model_args.model_name_or_path
+    try:
+        config = AutoConfig.from_pretrained(path, **_hub_kwargs(model_args))
+    except (OSError, ValueError) as err:
+        raise _cannot_load("model config", path, err) from None
+    _rope_scaling(config, model_args, max_length)
+    _check_attention(model_args.attn_implementation)
+    quantization = quantization_config(model_args, lora_args)
+    model_class = AutoModelForSequenceClassification if task == "reward" else AutoModelForCausalLM
+    extra = {"num_labels": 1} if task == "reward" else {}
+    dtype = getattr(torch, model_args.torch_dtype) if model_args.torch_dtype else "auto"
+    try:
+        model = model_class.from_pretrained(
+            path, config=config, dtype=dtype, attn_implementation=model_args.attn_implementation,
+            quantization_config=quantization, device_map=_device_map(model_args, training_args, quantization is not None),
+            **_hub_kwargs(model_args), **extra,
+        )
+    except (OSError, ValueError) as err:
+        raise _cannot_load("model weights", path, err) from None
+
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        logger.info("resizing embeddings %d -> %d to match the tokenizer", model.get_input_embeddings().weight.shape[0],
+                    len(tokenizer))
+        model.resize_token_embeddings(len(tokenizer))
+        if lora_args and lora_args.use_peft and not lora_args.modules_to_save:
+            logger.warning("the new embedding rows stay untrained under LoRA; add --modules_to_save embed_tokens,lm_head")
+    sync_special_tokens(model, tokenizer)
+    checkpointing = training_args is not None and bool(
+        getattr(training_args, "activation_checkpointing", False) or training_args.gradient_checkpointing
+    )
+    if training_args is not None:
+        # No KV cache in training: it is useless there, conflicts with checkpointing, and its presence stops
+        # transformers from deriving the per-sample attention mask of packed rows from their position ids.
+        model.config.use_cache = False
+    if lora_args is None or not lora_args.use_peft:
+        return model
+    return add_lora(model, lora_args, task, quantized=quantization is not None, checkpointing=checkpointing)
+
+
+def add_lora(model: PreTrainedModel, lora_args: LoraArguments, task: str, quantized: bool, checkpointing: bool):
+    from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    elif checkpointing:
+        model.enable_input_require_grads()  # frozen embeddings would otherwise cut the gradient at layer 0
+    if lora_args.peft_path:
+        logger.info("continuing training of the adapter in %s", lora_args.peft_path)
+        model = PeftModel.from_pretrained(model, lora_args.peft_path, is_trainable=True)
+    else:
+        targets = [m.strip() for m in lora_args.target_modules.split(",") if m.strip()]
+        modules_to_save = [m.strip() for m in (lora_args.modules_to_save or "").split(",") if m.strip()]
+        config = LoraConfig(
+            r=lora_args.lora_rank, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout,
+            target_modules="all-linear" if targets == ["all"] else targets, modules_to_save=modules_to_save or None,
+            task_type=TaskType.SEQ_CLS if task == "reward" else TaskType.CAUSAL_LM,
+        )
+        try:
+            model = get_peft_model(model, config)
+        except ValueError as err:
+            raise UserError(f"--target_modules {lora_args.target_modules}: {str(err).splitlines()[0]}") from None
+    trainable, total = model.get_nb_trainable_parameters()
+    logger.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
+    return model

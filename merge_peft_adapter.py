@@ -1,0 +1,132 @@
+"""Fold a LoRA adapter into its base model: a standalone model (causal LM or reward model) for the next stage.
+
+The tokenizer (with the chat_template the adapter was trained with) and the template name are carried over,
+and the merged logits are checked against the adapter model on one sample before anything is saved.
+
+    python merge_peft_adapter.py --base_model Qwen/Qwen2.5-0.5B-Instruct --lora_model outputs-sft \
+        --output_dir merged-sft
+    python merge_peft_adapter.py --base_model merged-sft --lora_model outputs-rm --output_dir merged-rm --dtype float32
+"""
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from medgpt import args, saving
+from medgpt.errors import UserError, run_cli
+from medgpt.model import sync_special_tokens
+
+logger = logging.getLogger(__name__)
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+@dataclass
+class MergeArguments:
+    base_model: str = field(metadata={"help": "Base model the adapter was trained on (folder or hub id)."})
+    lora_model: str = field(metadata={"help": "Folder of the LoRA adapter (adapter_config.json)."})
+    output_dir: str = field(default="./merged", metadata={"help": "Where the merged model is written."})
+    tokenizer_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer to save with it; default: the adapter's, else the base's."}
+    )
+    resize_emb: bool = field(default=False, metadata={"help": "Resize base embeddings to the tokenizer first "
+                                                       "(needed when training grew the vocabulary)."})
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
+        default="auto", metadata={"help": "Dtype of the merged weights (auto = the base checkpoint's)."}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --output_dir."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the checkpoint."})
+
+
+def check_paths(merge_args: MergeArguments) -> None:
+    if not Path(merge_args.lora_model, "adapter_config.json").is_file():
+        raise UserError(f"--lora_model {merge_args.lora_model} holds no adapter_config.json; point it at the "
+                        "output_dir of a LoRA training run (or its checkpoint-N folder).")
+    out = Path(merge_args.output_dir)
+    if out.exists() and any(out.iterdir()) and not merge_args.overwrite:
+        raise UserError(f"--output_dir {out} is not empty; choose a new folder or pass --overwrite True.")
+    if out.resolve() in (Path(merge_args.base_model).resolve(), Path(merge_args.lora_model).resolve()):
+        raise UserError(f"--output_dir {out} must differ from --base_model and --lora_model.")
+
+
+def tokenizer_source(merge_args: MergeArguments) -> str:
+    if merge_args.tokenizer_path:
+        return merge_args.tokenizer_path
+    has_tokenizer = any(Path(merge_args.lora_model, f).is_file() for f in TOKENIZER_FILES)
+    return merge_args.lora_model if has_tokenizer else merge_args.base_model
+
+
+def check_sample(tokenizer) -> dict[str, torch.Tensor]:
+    messages = [{"role": "user", "content": "What helps a fever? 发烧怎么办？"}, {"role": "assistant", "content": "Rest."}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False) if tokenizer.chat_template else messages[0]["content"]
+    return tokenizer(text, return_tensors="pt", add_special_tokens=False)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    from peft import PeftConfig, PeftModel
+
+    (merge_args,) = args.parse((MergeArguments,), argv)
+    check_paths(merge_args)
+    peft_config = PeftConfig.from_pretrained(merge_args.lora_model)
+    reward = peft_config.task_type == "SEQ_CLS"
+    model_class = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(merge_args), trust_remote_code=merge_args.trust_remote_code)
+    dtype = "auto" if merge_args.dtype == "auto" else getattr(torch, merge_args.dtype)
+    try:
+        base = model_class.from_pretrained(merge_args.base_model, dtype=dtype, trust_remote_code=merge_args.trust_remote_code,
+                                           **({"num_labels": 1} if reward else {}))
+    except (OSError, ValueError) as err:
+        raise UserError(f"--base_model {merge_args.base_model}: cannot load it ({str(err).splitlines()[0]}).") from None
+    rows = base.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) != rows:
+        if not merge_args.resize_emb and len(tokenizer) > rows:
+            raise UserError(f"the tokenizer has {len(tokenizer)} tokens but {merge_args.base_model} has {rows} "
+                            "embedding rows (the vocabulary grew in training); pass --resize_emb True.")
+        if merge_args.resize_emb:
+            base.resize_token_embeddings(len(tokenizer))
+    sync_special_tokens(base, tokenizer)
+    model = PeftModel.from_pretrained(base, merge_args.lora_model).eval()
+
+    sample = check_sample(tokenizer)
+    with torch.no_grad():
+        expected = model(**sample).logits.float()
+        merged = model.merge_and_unload()
+        got = merged(**sample).logits.float()
+    difference = (got - expected).abs().max().item()
+    scale = expected.abs().max().item() or 1.0
+    tolerance = 1e-4 * scale + 1e-4 if got.dtype == torch.float32 and merged.dtype == torch.float32 else 2e-2 * scale
+    print(f"merge check: max |merged - adapter| {'score' if reward else 'logit'} difference = {difference:.3g} "
+          f"(tolerance {tolerance:.3g})")
+    if not difference <= tolerance:
+        raise RuntimeError(f"merged model differs from the adapter model by {difference:.3g} > {tolerance:.3g}; "
+                           "nothing was saved. Check that --base_model is the model the adapter was trained on.")
+
+    # Write into a temporary sibling folder and move it into place, so a failure leaves no half-written model.
+    out = Path(merge_args.output_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        merged.save_pretrained(staging, max_shard_size="5GB")
+        tokenizer.save_pretrained(staging)
+        name, tool_format = saving.read_template_name(merge_args.lora_model)
+        if name:
+            saving.save_template(staging, name, tool_format)
+        if merge_args.trust_remote_code and Path(merge_args.base_model).is_dir():
+            for code in Path(merge_args.base_model).glob("*.py"):  # remote-code models need their modelling files
+                shutil.copy(code, staging)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"merged model saved to {out}")
+    return out
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,72 @@
+"""Supervised fine-tuning (LoRA, QLoRA or full) on chat data: ShareGPT, Alpaca or OpenAI-messages files.
+
+Only assistant turns (each with its stop token) are trained, in every turn of a multi-turn chat.
+
+    python supervised_finetuning.py --model_name_or_path merged-pt --train_file_dir data/sft \
+        --template_name qwen2.5 --output_dir outputs-sft --max_steps 100
+    torchrun --nproc_per_node 8 supervised_finetuning.py --deepspeed zero2.json --packing True ...
+    python supervised_finetuning.py --config sft.yaml --learning_rate 1e-5    # CLI flags override the file
+"""
+
+from dataclasses import dataclass, field
+
+from transformers import Trainer, TrainingArguments
+
+from medgpt import args, data, model, saving, tokenization
+from medgpt.errors import UserError, run_cli
+
+
+@dataclass
+class SFTArguments:
+    model_max_length: int = field(default=512, metadata={"help": "Longest sample in tokens; longer chats are cut "
+                                                          "at a turn boundary."})
+    train_on_inputs: bool = field(default=False, metadata={"help": "Also train on prompts (system/user turns)."})
+    packing: bool = field(default=False, metadata={"help": "Pack several whole samples per row (no attention "
+                                                    "across them)."})
+
+
+DEFAULTS = {"do_train": True, "report_to": ["tensorboard"], "logging_steps": 10, "remove_unused_columns": False}
+
+
+def main(argv: list[str] | None = None) -> Trainer:
+    model_args, lora_args, data_args, chat_args, sft_args, training_args = args.parse(
+        (args.ModelArguments, args.LoraArguments, args.DataArguments, args.ChatArguments, SFTArguments,
+         TrainingArguments), argv, DEFAULTS)
+    args.check_args(model_args, lora_args, data_args, training_args)
+    if sft_args.model_max_length < 16:
+        raise UserError(f"--model_max_length {sft_args.model_max_length} is too short; use at least 16 tokens.")
+    tokenizer, template = model.load_chat_tokenizer(model_args, chat_args)
+
+    # Data is read, validated and tokenized before anything is written to output_dir.
+    with training_args.main_process_first(desc="tokenize"):
+        raw = data.load_datasets(data_args, "chat", seed=training_args.seed)
+        splits = {}
+        for name, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
+            if name not in raw or (name == "validation" and not args.wants_eval(training_args)):
+                continue
+            rows = data.cap(raw[name].shuffle(seed=training_args.seed), limit)
+            splits[name] = tokenization.tokenize_sft(
+                rows, tokenizer, template, sft_args.model_max_length, sft_args.train_on_inputs,
+                data_args.preprocessing_num_workers, data_args.overwrite_cache, what=name)
+            if sft_args.packing:
+                splits[name] = tokenization.pack(splits[name], sft_args.model_max_length, training_args.seed)
+    args.check_eval_split(training_args, splits.get("validation"))
+
+    trainer = Trainer(
+        model=model.load_model(model_args, lora_args, tokenizer, training_args, sft_args.model_max_length),
+        args=training_args,
+        train_dataset=splits.get("train"),
+        eval_dataset=splits.get("validation"),
+        data_collator=tokenization.Collator(tokenizer.pad_token_id, flatten=model.padding_free(model_args)),
+        processing_class=tokenizer,
+    )
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        saving.save_outputs(trainer, template, chat_args.tool_format, result.metrics)
+    if "validation" in splits and training_args.do_eval:
+        saving.evaluate(trainer)
+    return trainer
+
+
+if __name__ == "__main__":
+    run_cli(main)

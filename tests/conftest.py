@@ -1,0 +1,39 @@
+"""Offline, CPU-only test settings and the shared tiny model (built once per session, no downloads)."""
+
+import os
+
+os.environ.update(
+    HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRL_EXPERIMENTAL_SILENCE="1", TOKENIZERS_PARALLELISM="false",
+    WANDB_DISABLED="true", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
+)
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+REFERENCE_DATA = Path(__file__).resolve().parents[2] / "shared" / "reference" / "medicalgpt-data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def reference_data() -> Path:
+    if not REFERENCE_DATA.is_dir():
+        pytest.skip("MedicalGPT reference data (../shared/reference) is not present")
+    return REFERENCE_DATA
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write((row if isinstance(row, str) else json.dumps(row, ensure_ascii=False)) + "\n")
+    return path
