@@ -180,7 +180,16 @@ def parse(types: tuple[type, ...], argv: list[str] | None = None, defaults: dict
         else:
             path = argv.pop(index).split("=", 1)[1]
         config_argv += _config_to_argv(path, parser)
-    return parser.parse_args_into_dataclasses(args=config_argv + argv, return_remaining_strings=False)
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=config_argv + argv, return_remaining_strings=True)
+    if unknown:
+        flags = [a for a in unknown if a.startswith("-")] or unknown
+        hints = [f"{flag} -> {match[0]}" for flag in flags
+                 if (match := difflib.get_close_matches(flag.split("=")[0], parser._option_string_actions, n=1))]
+        raise UserError(
+            f"unknown argument(s): {' '.join(unknown)}." + (f" Did you mean: {', '.join(hints)}?" if hints else "")
+            + " Run with --help to list every flag."
+        )
+    return tuple(parsed)
 
 
 def check_args(
