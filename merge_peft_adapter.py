@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from medgpt import args, saving
 from medgpt.errors import UserError, run_cli
@@ -37,7 +37,8 @@ class MergeArguments:
     resize_emb: bool = field(default=False, metadata={"help": "Resize base embeddings to the tokenizer first "
                                                        "(needed when training grew the vocabulary)."})
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
-        default="auto", metadata={"help": "Dtype of the merged weights (auto = the base checkpoint's)."}
+        default="auto", metadata={"help": "Dtype the merged weights are saved in (auto = the base checkpoint's). "
+                                          "The merge itself runs in float32."}
     )
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --output_dir."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the checkpoint."})
@@ -61,6 +62,14 @@ def tokenizer_source(merge_args: MergeArguments) -> str:
     return merge_args.lora_model if has_tokenizer else merge_args.base_model
 
 
+def checkpoint_dtype(config) -> torch.dtype:
+    """The dtype the base checkpoint was stored in (float32 when it does not say)."""
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
 def check_sample(tokenizer) -> dict[str, torch.Tensor]:
     messages = [{"role": "user", "content": "What helps a fever? 发烧怎么办？"}, {"role": "assistant", "content": "Rest."}]
     text = tokenizer.apply_chat_template(messages, tokenize=False) if tokenizer.chat_template else messages[0]["content"]
@@ -76,12 +85,15 @@ def main(argv: list[str] | None = None) -> Path:
     reward = peft_config.task_type == "SEQ_CLS"
     model_class = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(merge_args), trust_remote_code=merge_args.trust_remote_code)
-    dtype = "auto" if merge_args.dtype == "auto" else getattr(torch, merge_args.dtype)
     try:
-        base = model_class.from_pretrained(merge_args.base_model, dtype=dtype, trust_remote_code=merge_args.trust_remote_code,
+        # Merge in fp32 so the check is exact and the weights are rounded once, when saved in the target dtype.
+        base = model_class.from_pretrained(merge_args.base_model, dtype=torch.float32,
+                                           trust_remote_code=merge_args.trust_remote_code,
                                            **({"num_labels": 1} if reward else {}))
     except (OSError, ValueError) as err:
         raise UserError(f"--base_model {merge_args.base_model}: cannot load it ({str(err).splitlines()[0]}).") from None
+    stored = AutoConfig.from_pretrained(merge_args.base_model, trust_remote_code=merge_args.trust_remote_code)
+    saved_dtype = checkpoint_dtype(stored) if merge_args.dtype == "auto" else getattr(torch, merge_args.dtype)
     rows = base.get_input_embeddings().weight.shape[0]
     if len(tokenizer) != rows:
         if not merge_args.resize_emb and len(tokenizer) > rows:
@@ -98,8 +110,7 @@ def main(argv: list[str] | None = None) -> Path:
         merged = model.merge_and_unload()
         got = merged(**sample).logits.float()
     difference = (got - expected).abs().max().item()
-    scale = expected.abs().max().item() or 1.0
-    tolerance = 1e-4 * scale + 1e-4 if got.dtype == torch.float32 and merged.dtype == torch.float32 else 2e-2 * scale
+    tolerance = 1e-4 * (expected.abs().max().item() + 1.0)
     print(f"merge check: max |merged - adapter| {'score' if reward else 'logit'} difference = {difference:.3g} "
           f"(tolerance {tolerance:.3g})")
     if not difference <= tolerance:
@@ -111,7 +122,7 @@ def main(argv: list[str] | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        merged.save_pretrained(staging, max_shard_size="5GB")
+        merged.to(saved_dtype).save_pretrained(staging, max_shard_size="5GB")
         tokenizer.save_pretrained(staging)
         name, tool_format = saving.read_template_name(merge_args.lora_model)
         if name:

@@ -27,13 +27,12 @@ class PretrainArguments:
                                                    "and positions restart at every document."})
 
 
+ARG_TYPES = (args.ModelArguments, args.LoraArguments, args.DataArguments, PretrainArguments, TrainingArguments)
 DEFAULTS = {"do_train": True, "report_to": ["tensorboard"], "logging_steps": 10, "remove_unused_columns": False}
 
 
 def main(argv: list[str] | None = None) -> Trainer:
-    model_args, lora_args, data_args, pt_args, training_args = args.parse(
-        (args.ModelArguments, args.LoraArguments, args.DataArguments, PretrainArguments, TrainingArguments),
-        argv, DEFAULTS)
+    model_args, lora_args, data_args, pt_args, training_args = args.parse(ARG_TYPES, argv, DEFAULTS)
     args.check_args(model_args, lora_args, data_args, training_args)
     tokenizer = model.load_tokenizer(model_args)
     block_size = pt_args.block_size or min(1024, tokenizer.model_max_length)

@@ -25,13 +25,13 @@ class SFTArguments:
                                                     "across them)."})
 
 
+ARG_TYPES = (args.ModelArguments, args.LoraArguments, args.DataArguments, args.ChatArguments, SFTArguments,
+             TrainingArguments)
 DEFAULTS = {"do_train": True, "report_to": ["tensorboard"], "logging_steps": 10, "remove_unused_columns": False}
 
 
 def main(argv: list[str] | None = None) -> Trainer:
-    model_args, lora_args, data_args, chat_args, sft_args, training_args = args.parse(
-        (args.ModelArguments, args.LoraArguments, args.DataArguments, args.ChatArguments, SFTArguments,
-         TrainingArguments), argv, DEFAULTS)
+    model_args, lora_args, data_args, chat_args, sft_args, training_args = args.parse(ARG_TYPES, argv, DEFAULTS)
     args.check_args(model_args, lora_args, data_args, training_args)
     if sft_args.model_max_length < 16:
         raise UserError(f"--model_max_length {sft_args.model_max_length} is too short; use at least 16 tokens.")

@@ -201,6 +201,8 @@ def add_lora(model: PreTrainedModel, lora_args: LoraArguments, task: str, quanti
             r=lora_args.lora_rank, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout,
             target_modules="all-linear" if targets == ["all"] else targets, modules_to_save=modules_to_save or None,
             task_type=TaskType.SEQ_CLS if task == "reward" else TaskType.CAUSAL_LM,
+            # Tied input/output embeddings must stay tied when one of them is trained in full (modules_to_save).
+            ensure_weight_tying=bool(modules_to_save) and bool(getattr(model.config, "tie_word_embeddings", False)),
         )
         try:
             model = get_peft_model(model, config)

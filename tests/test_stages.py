@@ -211,3 +211,49 @@ def test_medicalgpt_sft_command_line(tiny_model_dir, reference_data, tmp_path):
     answers = inference.main(["--base_model", str(merged), "--data_file", str(tmp_path / "q.txt"), "--output_file",
                               str(tmp_path / "a.jsonl"), "--max_new_tokens", "4"])
     assert answers.is_file()
+
+
+def test_neft_alpha_changes_training(tiny_model_dir, tmp_path):
+    losses = {}
+    for alpha in ("0", "50"):
+        trainer = supervised_finetuning.main([
+            "--model_name_or_path", str(tiny_model_dir), "--train_file_dir", str(ROOT / "data" / "sft"),
+            "--template_name", "chatml", "--output_dir", str(tmp_path / alpha), "--max_steps", "2",
+            "--validation_split_percentage", "0", "--neft_alpha", alpha, *FAST])
+        losses[alpha] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert losses["0"][0] != losses["50"][0], "noisy embeddings change the training loss"
+
+
+def test_peft_path_continues_a_saved_adapter(tiny_model_dir, sft_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    trainer = supervised_finetuning.main([
+        "--model_name_or_path", str(tiny_model_dir), "--train_file_dir", str(ROOT / "data" / "sft"),
+        "--template_name", "qwen2.5", "--output_dir", str(tmp_path / "more"), "--max_steps", "1",
+        "--validation_split_percentage", "0", "--peft_path", str(sft_dir), *FAST])
+    before = load_file(sft_dir / "adapter_model.safetensors")
+    after = load_file(tmp_path / "more" / "adapter_model.safetensors")
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "the loaded adapter kept training"
+    assert trainer.model.peft_config["default"].r == 8
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_sft(tiny_model_dir, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+         "supervised_finetuning.py", "--model_name_or_path", str(tiny_model_dir), "--train_file_dir",
+         str(ROOT / "data" / "sft"), "--template_name", "chatml", "--output_dir", str(out), "--max_steps", "2",
+         "--validation_split_percentage", "0", "--ddp_backend", "gloo", "--ddp_find_unused_parameters", "False",
+         *FAST],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("trainable parameters") == 2, "both ranks built the model"
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and (out / "adapter_model.safetensors").is_file()

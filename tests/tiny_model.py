@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 CORPUS = Path(__file__).parent / "fixtures" / "corpus.txt"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -21,7 +21,7 @@ CHATML = (
 )
 
 
-def build_tokenizer(vocab_size: int = 600) -> PreTrainedTokenizerFast:
+def build_tokenizer(vocab_size: int = 600, pad: bool = True) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -34,23 +34,28 @@ def build_tokenizer(vocab_size: int = 600) -> PreTrainedTokenizerFast:
         vocab_size=vocab_size, min_frequency=1, special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        tokenizer_object=tok, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>" if pad else None,
         additional_special_tokens=["<|im_start|>", "<|im_end|>"], model_max_length=1024)
     tokenizer.chat_template = CHATML
     return tokenizer
 
 
-def build_tiny_model(out: Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
-    tokenizer = build_tokenizer()
+def build_tiny_model(out: Path, hidden: int = 32, layers: int = 2, seed: int = 0, architecture: str = "qwen2",
+                     pad: bool = True) -> Path:
+    """A Qwen2 model (tied embeddings), or a Llama one, which may also lack a pad token as Llama-2 does."""
+    tokenizer = build_tokenizer(pad=pad)
     torch.manual_seed(seed)
-    config = Qwen2Config(
+    config_class, model_class = (Qwen2Config, Qwen2ForCausalLM) if architecture == "qwen2" else (LlamaConfig,
+                                                                                                 LlamaForCausalLM)
+    config = config_class(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
-        tie_word_embeddings=True)
-    model = Qwen2ForCausalLM(config)
+        tie_word_embeddings=architecture == "qwen2")
+    model = model_class(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = None
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

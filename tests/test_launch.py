@@ -1,0 +1,73 @@
+"""Launch files: run_*.sh flags parse with their scripts, DeepSpeed configs defer to the Trainer and run."""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pretraining
+import supervised_finetuning
+from medgpt import args
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_SCRIPTS = {"run_pt.sh": pretraining, "run_sft.sh": supervised_finetuning}
+
+
+def script_flags(path: Path, script_name: str) -> list[str]:
+    """The flags a run_*.sh passes to its Python script, with shell variables filled with placeholders."""
+    text = path.read_text().replace("\\\n", " ")
+    command = next(line for line in text.splitlines() if script_name in line)
+    tokens = shlex.split(re.sub(r'"\$\{?(\w+)\}?"', r"\1_VALUE", command))
+    flags = tokens[tokens.index(script_name) + 1:]
+    return [t for t in flags if t != "$@"]
+
+
+@pytest.mark.parametrize("run_script", sorted(RUN_SCRIPTS))
+def test_run_script_flags_parse(run_script, tmp_path):
+    path = ROOT / run_script
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    module = RUN_SCRIPTS[run_script]
+    flags = script_flags(path, Path(module.__file__).name)
+    parsed = args.parse(module.ARG_TYPES, flags, module.DEFAULTS)
+    training_args = parsed[-1]
+    assert training_args.output_dir.startswith("outputs-")
+    assert parsed[0].model_name_or_path.endswith("_VALUE")
+
+
+@pytest.mark.parametrize("config", ["zero2.json", "zero3.json"])
+def test_deepspeed_configs_leave_batch_sizes_and_precision_to_the_trainer(config):
+    ds = json.loads((ROOT / config).read_text())
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                "gradient_clipping"):
+        assert ds[key] == "auto", key
+    assert ds["bf16"]["enabled"] == "auto" and ds["fp16"]["enabled"] == "auto"
+    assert "optimizer" not in ds and "scheduler" not in ds, "the Trainer's --lr_scheduler_type must apply"
+    assert ds["zero_optimization"]["stage"] == int(config[4])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["zero2.json", "zero3.json"])
+def test_deepspeed_single_process_sft_on_cpu(config, tiny_model_dir, tmp_path):
+    pytest.importorskip("deepspeed")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port)}
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "supervised_finetuning.py", "--model_name_or_path", str(tiny_model_dir), "--train_file_dir",
+         str(ROOT / "data" / "sft"), "--template_name", "chatml", "--output_dir", str(out), "--max_steps", "2",
+         "--per_device_train_batch_size", "2", "--report_to", "none", "--save_strategy", "no",
+         "--validation_split_percentage", "0", "--deepspeed", config],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
