@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> Trainer:
 
     # Data is read, validated and tokenized before anything is written to output_dir.
     with training_args.main_process_first(desc="tokenize"):
-        raw = data.load_datasets(data_args, "chat", seed=training_args.seed)
+        raw = data.load_datasets(data_args, "chat", training_args.seed, cache_dir=model_args.cache_dir)
         splits = {}
         for name, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
             if name not in raw or (name == "validation" and not args.wants_eval(training_args)):

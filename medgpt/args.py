@@ -32,9 +32,6 @@ class ModelArguments:
     cache_dir: str | None = field(default=None, metadata={"help": "Cache folder for hub models and datasets."})
     model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
     hf_hub_token: str | None = field(default=None, metadata={"help": "Token for private hub models."})
-    use_fast_tokenizer: bool = field(
-        default=True, metadata={"help": "Use the fast (Rust) tokenizer; a slow one works but tokenizes slower."}
-    )
     torch_dtype: Literal[DTYPES] | None = field(
         default=None, metadata={"help": "Weight dtype; None/auto keeps the checkpoint's dtype. No fp32 upcasting."}
     )

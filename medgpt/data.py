@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets.exceptions import DatasetGenerationError
 
+from medgpt import __version__
 from medgpt.args import DataArguments
 from medgpt.errors import UserError
 
@@ -299,7 +301,7 @@ def read_rows(sources: list[tuple[str, Iterator[tuple[int, Any]]]], kind: Kind, 
               keep_linebreaks: bool, report: ReadReport) -> Iterator[dict]:
     normalize = normalize_chat if kind == "chat" else normalize_text
     for name, rows in sources:
-        count = 0
+        count, skipped_before = 0, sum(report.skipped.values())
         for number, row in rows:
             try:
                 if isinstance(row, RowError):
@@ -322,32 +324,63 @@ def read_rows(sources: list[tuple[str, Iterator[tuple[int, Any]]]], kind: Kind, 
                 if len(report.examples) < 3:
                     report.examples.append(f"{name}:{number}: {err}")
         report.rows += count
-        if count == 0 and not report.skipped:
+        if count == 0 and sum(report.skipped.values()) == skipped_before:
             raise UserError(f"{name}: no rows found (empty file). Remove it or add data.")
 
 
-def _to_dataset(rows: list[dict], description: str) -> Dataset:
-    if not rows:
-        raise UserError(f"{description}: every row was skipped or empty; nothing left to train on.")
-    return Dataset.from_list(rows)
+def _rows_from_files(files: list[tuple[str, int, int]], kind: Kind, skip_bad_rows: bool, keep_linebreaks: bool,
+                     report: ReadReport, version: str) -> Iterator[dict]:
+    # (path, size, mtime) identify the files so the datasets cache is invalidated when one changes.
+    sources = [(path, _file_rows(Path(path))) for path, _, _ in files]
+    yield from read_rows(sources, kind, skip_bad_rows, keep_linebreaks, report)
 
 
-def load_split(files: list[Path], kind: Kind, data_args: DataArguments, keep_linebreaks: bool, what: str) -> Dataset:
+def _rows_from_dataset(dataset: Dataset, name: str, kind: Kind, skip_bad_rows: bool, keep_linebreaks: bool,
+                       report: ReadReport, version: str) -> Iterator[dict]:
+    yield from read_rows([(name, enumerate(dataset, 1))], kind, skip_bad_rows, keep_linebreaks, report)
+
+
+def _build(generator: Callable, gen_kwargs: dict, what: str, cache_dir: str | None) -> Dataset:
+    """Validated rows as an Arrow dataset in the datasets cache (so tokenization results are cached too)."""
     report = ReadReport()
-    sources = [(str(path), _file_rows(path)) for path in files]
-    rows = list(read_rows(sources, kind, data_args.skip_bad_rows, keep_linebreaks, report))
-    report.log(what)
-    return _to_dataset(rows, what)
+    try:
+        dataset = Dataset.from_generator(generator, gen_kwargs={**gen_kwargs, "report": report, "version": __version__},
+                                         cache_dir=cache_dir)
+    except DatasetGenerationError as err:
+        cause = err.__cause__ or err.__context__
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
+        raise
+    except ValueError as err:  # no row at all: datasets cannot infer a schema
+        if report.rows == 0:
+            report.log(what)
+            raise UserError(f"{what}: every row was skipped or empty; nothing left to train on.") from None
+        raise err
+    if report.rows or report.skipped:
+        report.log(what)
+    else:
+        logger.info("%s: %d rows (validated earlier, read from the datasets cache)", what, len(dataset))
+    return dataset
 
 
-def load_hub_split(dataset: Dataset, name: str, kind: Kind, data_args: DataArguments, keep_linebreaks: bool) -> Dataset:
-    report = ReadReport()
-    rows = list(read_rows([(name, enumerate(dataset, 1))], kind, data_args.skip_bad_rows, keep_linebreaks, report))
-    report.log(name)
-    return _to_dataset(rows, name)
+def load_split(files: list[Path], kind: Kind, data_args: DataArguments, keep_linebreaks: bool, what: str,
+               cache_dir: str | None = None) -> Dataset:
+    stamped = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return _build(_rows_from_files, {"files": stamped, "kind": kind, "skip_bad_rows": data_args.skip_bad_rows,
+                                     "keep_linebreaks": keep_linebreaks}, what, cache_dir)
 
 
-def load_datasets(data_args: DataArguments, kind: Kind, seed: int = 42, keep_linebreaks: bool = True) -> DatasetDict:
+def load_hub_split(dataset: Dataset, name: str, kind: Kind, data_args: DataArguments, keep_linebreaks: bool,
+                   cache_dir: str | None = None) -> Dataset:
+    return _build(_rows_from_dataset, {"dataset": dataset, "name": name, "kind": kind,
+                                       "skip_bad_rows": data_args.skip_bad_rows, "keep_linebreaks": keep_linebreaks},
+                  name, cache_dir)
+
+
+def load_datasets(data_args: DataArguments, kind: Kind, seed: int = 42, keep_linebreaks: bool = True,
+                  cache_dir: str | None = None) -> DatasetDict:
     """Train (and, when available, validation) splits of normalized rows.
 
     Without validation files, `validation_split_percentage` of the training rows (shuffled with `seed`) are held
@@ -356,20 +389,21 @@ def load_datasets(data_args: DataArguments, kind: Kind, seed: int = 42, keep_lin
     splits: dict[str, Dataset] = {}
     if data_args.train_file_dir:
         splits["train"] = load_split(
-            find_files(data_args.train_file_dir, kind, "train_file_dir"), kind, data_args, keep_linebreaks, "train"
+            find_files(data_args.train_file_dir, kind, "train_file_dir"), kind, data_args, keep_linebreaks, "train",
+            cache_dir,
         )
     if data_args.validation_file_dir:
         splits["validation"] = load_split(
             find_files(data_args.validation_file_dir, kind, "validation_file_dir"),
-            kind, data_args, keep_linebreaks, "validation",
+            kind, data_args, keep_linebreaks, "validation", cache_dir,
         )
     if data_args.dataset_name:
-        hub = _load_named_dataset(data_args)
+        hub = _load_named_dataset(data_args, cache_dir)
         for split_name, split in hub.items():
             target = "validation" if split_name in ("validation", "valid", "dev") else split_name
             if target in ("train", "validation") and target not in splits:
                 splits[target] = load_hub_split(split, f"{data_args.dataset_name}[{split_name}]", kind, data_args,
-                                                keep_linebreaks)
+                                                keep_linebreaks, cache_dir)
     if "train" not in splits:
         raise UserError("no training split found: pass --train_file_dir DIR or a --dataset_name with a train split.")
     if "validation" not in splits and data_args.validation_split_percentage > 0:
@@ -383,13 +417,13 @@ def load_datasets(data_args: DataArguments, kind: Kind, seed: int = 42, keep_lin
     return DatasetDict(splits)
 
 
-def _load_named_dataset(data_args: DataArguments) -> DatasetDict:
+def _load_named_dataset(data_args: DataArguments, cache_dir: str | None) -> DatasetDict:
     name = data_args.dataset_name
     try:
         if Path(name).is_dir() and any(Path(name, f).exists() for f in ("dataset_dict.json", "state.json")):
             loaded = load_from_disk(name)
         else:
-            loaded = load_dataset(name, data_args.dataset_config_name)
+            loaded = load_dataset(name, data_args.dataset_config_name, cache_dir=cache_dir)
     except (FileNotFoundError, ValueError, ConnectionError, OSError) as err:
         raise UserError(
             f"--dataset_name {name}: could not load it ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "

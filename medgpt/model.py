@@ -39,7 +39,7 @@ def load_tokenizer(model_args: ModelArguments, padding_side: str = "right", stop
     """The tokenizer with usable eos and pad tokens."""
     path = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=model_args.use_fast_tokenizer, **_hub_kwargs(model_args))
+        tokenizer = AutoTokenizer.from_pretrained(path, **_hub_kwargs(model_args))
     except (OSError, ValueError) as err:
         raise _cannot_load("tokenizer", path, err) from None
     if tokenizer.eos_token is None:

@@ -180,3 +180,16 @@ def test_medicalgpt_sample_data_loads(reference_data):
     text = load_datasets(DataArguments(train_file_dir=str(reference_data / "pretrain"),
                                        validation_split_percentage=0), "text")
     assert len(text["train"]) > 1000
+
+
+def test_rows_are_cached_and_a_changed_file_is_read_again(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "d" / "a.jsonl", [GOOD, GOOD])
+    args = DataArguments(train_file_dir=str(tmp_path / "d"), validation_split_percentage=0)
+    cache = tmp_path / "cache"
+    first = load_datasets(args, "chat", cache_dir=str(cache))["train"]
+    assert first.cache_files and str(cache) in first.cache_files[0]["filename"], "--cache_dir holds the data"
+    with caplog.at_level("INFO"):
+        load_datasets(args, "chat", cache_dir=str(cache))
+    assert "read from the datasets cache" in caplog.text
+    write_jsonl(path, [GOOD, GOOD, GOOD])
+    assert len(load_datasets(args, "chat", cache_dir=str(cache))["train"]) == 3

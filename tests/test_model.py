@@ -141,3 +141,24 @@ def test_load_in_8bit(wider_model_dir):
 
     _, lm = load(wider_model_dir, LoraArguments(), load_in_8bit=True)
     assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in lm.modules())
+
+
+def test_lora_hyperparameters_reach_peft(tiny_model_dir):
+    _, lm = load(tiny_model_dir, LoraArguments(lora_rank=4, lora_alpha=8, lora_dropout=0.1))
+    config = lm.peft_config["default"]
+    assert (config.r, config.lora_alpha, config.lora_dropout) == (4, 8, 0.1)
+
+
+def test_hub_flags_reach_from_pretrained(tiny_model_dir, monkeypatch):
+    """cache_dir, model_revision, hf_hub_token and trust_remote_code are passed to every hub load."""
+    seen = []
+    original = AutoTokenizer.from_pretrained.__func__
+
+    def spy(cls, path, **kwargs):
+        seen.append(kwargs)
+        return original(cls, path)
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", classmethod(spy))
+    model.load_tokenizer(ModelArguments(model_name_or_path=str(tiny_model_dir), cache_dir="/tmp/c",
+                                        model_revision="v2", hf_hub_token="secret", trust_remote_code=True))
+    assert seen[0] == {"cache_dir": "/tmp/c", "revision": "v2", "token": "secret", "trust_remote_code": True}

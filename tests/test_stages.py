@@ -189,7 +189,7 @@ def test_cli_error_is_one_paragraph_and_exit_code_2(tiny_model_dir, tmp_path):
 def test_medicalgpt_sft_command_line(tiny_model_dir, reference_data, tmp_path):
     """MedicalGPT's run_sft.sh flags (minus the dead --flash_attn) on its own sample data: trains, merges, chats."""
     out = tmp_path / "outputs-sft-qwen-v1"
-    supervised_finetuning.main([
+    trainer = supervised_finetuning.main([
         "--model_name_or_path", str(tiny_model_dir), "--train_file_dir", str(reference_data / "sft"),
         "--validation_file_dir", str(reference_data / "sft"), "--per_device_train_batch_size", "2",
         "--per_device_eval_batch_size", "1", "--do_train", "--do_eval", "--use_peft", "True",
@@ -204,6 +204,10 @@ def test_medicalgpt_sft_command_line(tiny_model_dir, reference_data, tmp_path):
         "--tool_format", "default", "--cache_dir", str(tmp_path / "cache"),
     ])
     assert (out / "adapter_model.safetensors").is_file()
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 4, "16 samples (--max_train_samples), batch 2, accumulation 2"
+    assert len(trainer.eval_dataset) == 4, "--max_eval_samples"
+    assert 12 <= len(trainer.train_dataset) <= 16, "--max_train_samples, less rows whose prompt alone is too long"
     merged = tmp_path / "merged-sft"
     merge_peft_adapter.main(["--base_model", str(tiny_model_dir), "--lora_model", str(out), "--output_dir",
                              str(merged)])
@@ -257,3 +261,27 @@ def test_two_process_torchrun_sft(tiny_model_dir, tmp_path):
     assert result.stderr.count("trainable parameters") == 2, "both ranks built the model"
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and (out / "adapter_model.safetensors").is_file()
+
+
+def test_merge_reward_model_adapter(tiny_model_dir, tmp_path):
+    """A sequence-classification (reward) adapter merges into a standalone scorer with equal scores."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    base.config.pad_token_id = 0
+    reward = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", task_type=TaskType.SEQ_CLS))
+    for name, param in reward.named_parameters():
+        if "lora_B" in name or "score" in name:
+            torch.nn.init.normal_(param, std=0.5)  # a trained-looking adapter and head
+    reward.save_pretrained(tmp_path / "rm-adapter")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "rm-adapter")
+    ids = torch.tensor([[1, 20, 30, 40, 2]])
+    with torch.no_grad():
+        expected = reward.eval()(ids).logits
+    out = merge_peft_adapter.main(["--base_model", str(tiny_model_dir), "--lora_model", str(tmp_path / "rm-adapter"),
+                                   "--output_dir", str(tmp_path / "rm-merged")])
+    merged = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, expected, atol=1e-5)

@@ -182,3 +182,23 @@ def test_collator_pads_with_ignored_labels(tokenizer):
     assert batch["input_ids"].shape == (2, 4)
     assert batch["labels"][1].tolist() == [8, -100, -100, -100]
     assert batch["attention_mask"][1].tolist() == [1, 0, 0, 0]
+
+
+def test_tokenization_is_cached_on_disk_and_overwrite_cache_redoes_it(tokenizer, tmp_path):
+    from pathlib import Path
+
+    from medgpt.args import DataArguments
+    from medgpt.data import load_datasets
+
+    from conftest import write_jsonl
+
+    write_jsonl(tmp_path / "d" / "a.jsonl", [{"messages": CHAT}] * 4)
+    rows = load_datasets(DataArguments(train_file_dir=str(tmp_path / "d"), validation_split_percentage=0), "chat",
+                         cache_dir=str(tmp_path / "cache"))["train"]
+    first = tokenize_sft(rows, tokenizer, get_template("chatml"), 256)
+    cached = Path(first.cache_files[0]["filename"])
+    written = cached.stat().st_mtime_ns
+    tokenize_sft(rows, tokenizer, get_template("chatml"), 256)
+    assert cached.stat().st_mtime_ns == written, "the second run reads the cache"
+    tokenize_sft(rows, tokenizer, get_template("chatml"), 256, overwrite_cache=True)
+    assert cached.stat().st_mtime_ns != written, "--overwrite_cache tokenizes again"
