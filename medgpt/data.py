@@ -47,8 +47,8 @@ OPENAI_ROLES = {"system", "user", "assistant", "tool", "function"}
 class RowError(Exception):
     """A problem with one row; the reader adds file and line."""
 
-    def __init__(self, field_name: str, message: str):
-        super().__init__(f"field {field_name!r}: {message}")
+    def __init__(self, field_name: str | None, message: str):
+        super().__init__(f"field {field_name!r}: {message}" if field_name else message)
 
 
 @dataclass
@@ -292,9 +292,9 @@ def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
             if not line.strip():
                 continue
             try:
-                yield number, json.loads(line)
+                yield number, json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:
-                yield number, RowError("line", f"invalid JSON ({err.msg}, column {err.colno})")
+                yield number, RowError(None, f"invalid JSON ({err.msg} at column {err.colno})")
 
 
 def read_rows(sources: list[tuple[str, Iterator[tuple[int, Any]]]], kind: Kind, skip_bad_rows: bool,
@@ -320,7 +320,7 @@ def read_rows(sources: list[tuple[str, Iterator[tuple[int, Any]]]], kind: Kind, 
                         f"{name}:{number}: {err}. Fix the row, or pass --skip_bad_rows to skip bad rows and count "
                         "them."
                     ) from None
-                report.skipped[str(err).split(":")[0]] += 1
+                report.skipped["invalid JSON" if str(err).startswith("invalid JSON") else str(err).split(":")[0]] += 1
                 if len(report.examples) < 3:
                     report.examples.append(f"{name}:{number}: {err}")
         report.rows += count
