@@ -15,7 +15,7 @@ from pathlib import Path
 from threading import Thread
 
 import torch
-from transformers import AutoModelForCausalLM, TextIteratorStreamer, set_seed
+from transformers import TextIteratorStreamer, set_seed
 
 from medgpt import args, model, saving
 from medgpt.errors import UserError, run_cli
@@ -29,8 +29,10 @@ class InferenceArguments:
     base_model: str = field(metadata={"help": "Model folder or hub id (a merged model, or the base of --lora_model)."})
     lora_model: str | None = field(default=None, metadata={"help": "LoRA adapter folder, used without merging."})
     tokenizer_path: str | None = field(default=None, metadata={"help": "Tokenizer (default: adapter's, else base's)."})
-    template_name: str | None = field(default=None, metadata={"help": "Chat template; default: the one the model "
-                                                               "was trained with, else its tokenizer's."})
+    template_name: str | None = field(
+        default=None,
+        metadata={"help": "Chat template; default: the one the model was trained with, else its tokenizer's."},
+    )
     system_prompt: str = field(default="", metadata={"help": "System prompt for every conversation."})
     stop_str: str = field(default="", metadata={"help": "Extra string that ends an answer."})
     max_new_tokens: int = field(default=512, metadata={"help": "Longest answer in tokens."})
@@ -53,9 +55,12 @@ def load(inf_args: InferenceArguments):
     """Tokenizer (left padding for batches), template and model (+ adapter)."""
     has_tokenizer = inf_args.lora_model and Path(inf_args.lora_model, "tokenizer_config.json").is_file()
     model_args = args.ModelArguments(
-        model_name_or_path=inf_args.base_model, trust_remote_code=inf_args.trust_remote_code,
+        model_name_or_path=inf_args.base_model,
+        trust_remote_code=inf_args.trust_remote_code,
         tokenizer_name_or_path=inf_args.tokenizer_path or (inf_args.lora_model if has_tokenizer else None),
-        load_in_8bit=inf_args.load_in_8bit, load_in_4bit=inf_args.load_in_4bit)
+        load_in_8bit=inf_args.load_in_8bit,
+        load_in_4bit=inf_args.load_in_4bit,
+    )
     saved_name, tool_format = saving.read_template_name(inf_args.lora_model or inf_args.base_model)
     chat_args = args.ChatArguments(template_name=inf_args.template_name or saved_name, tool_format=tool_format)
     tokenizer, template = model.load_chat_tokenizer(model_args, chat_args, padding_side="left")
@@ -73,14 +78,19 @@ def load(inf_args: InferenceArguments):
 
 def generation_kwargs(inf_args: InferenceArguments, tokenizer, template) -> dict:
     stops = [s for s in (*template.stop_words, inf_args.stop_str) if s]
-    stop_ids = sorted({tokenizer.convert_tokens_to_ids(s) for s in stops if s in tokenizer.get_vocab()}
-                      | {tokenizer.eos_token_id})
+    stop_ids = sorted(
+        {tokenizer.convert_tokens_to_ids(s) for s in stops if s in tokenizer.get_vocab()} | {tokenizer.eos_token_id}
+    )
     multi_token_stops = [s for s in stops if s not in tokenizer.get_vocab()]
     sampling = {"do_sample": True, "temperature": inf_args.temperature, "top_p": inf_args.top_p}
-    return {"max_new_tokens": inf_args.max_new_tokens, "repetition_penalty": inf_args.repetition_penalty,
-            "eos_token_id": stop_ids, "pad_token_id": tokenizer.pad_token_id,
-            **(sampling if inf_args.temperature > 0 else {"do_sample": False}),
-            **({"stop_strings": multi_token_stops, "tokenizer": tokenizer} if multi_token_stops else {})}
+    return {
+        "max_new_tokens": inf_args.max_new_tokens,
+        "repetition_penalty": inf_args.repetition_penalty,
+        "eos_token_id": stop_ids,
+        "pad_token_id": tokenizer.pad_token_id,
+        **(sampling if inf_args.temperature > 0 else {"do_sample": False}),
+        **({"stop_strings": multi_token_stops, "tokenizer": tokenizer} if multi_token_stops else {}),
+    }
 
 
 def cut_at_stop(text: str, stops: list[str]) -> str:
@@ -96,7 +106,7 @@ def answer(lm, tokenizer, template, messages: list[dict], gen_kwargs: dict, stre
     if not stream:
         with torch.no_grad():
             output = lm.generate(**inputs, **gen_kwargs)
-        text = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        text = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         return cut_at_stop(text, list(template.stop_words))
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     thread = Thread(target=lm.generate, kwargs={**inputs, **gen_kwargs, "streamer": streamer})
@@ -129,8 +139,9 @@ def interactive(lm, tokenizer, template, inf_args: InferenceArguments, gen_kwarg
         if not query:
             continue
         print("Assistant: ", end="", flush=True)
-        reply = answer(lm, tokenizer, template, system + history + [{"role": "user", "content": query}], gen_kwargs,
-                       stream=True)
+        reply = answer(
+            lm, tokenizer, template, system + history + [{"role": "user", "content": query}], gen_kwargs, stream=True
+        )
         turn = [{"role": "user", "content": query}, {"role": "assistant", "content": reply}]
         history = [] if inf_args.single_tune else history + turn
     return history
@@ -143,8 +154,11 @@ def read_prompts(path: str) -> list[list[dict]]:
     if not file.is_file():
         raise UserError(f"--data_file {path}: file not found.")
     if file.suffix == ".txt":
-        return [[{"role": "user", "content": line.strip()}] for line in file.read_text(encoding="utf-8").splitlines()
-                if line.strip()]
+        return [
+            [{"role": "user", "content": line.strip()}]
+            for line in file.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
     conversations = []
     for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -154,8 +168,10 @@ def read_prompts(path: str) -> list[list[dict]]:
         except json.JSONDecodeError as err:
             raise UserError(f"{path}:{number}: invalid JSON ({err.msg}).") from None
         if isinstance(row, dict) and ("messages" in row or "conversations" in row):
-            turns = row.get("messages") or [{"role": {"human": "user", "gpt": "assistant"}.get(t["from"], t["from"]),
-                                             "content": t["value"]} for t in row["conversations"]]
+            turns = row.get("messages") or [
+                {"role": {"human": "user", "gpt": "assistant"}.get(t["from"], t["from"]), "content": t["value"]}
+                for t in row["conversations"]
+            ]
             while turns and turns[-1]["role"] != "user":
                 turns = turns[:-1]
             conversations.append(turns)
@@ -182,7 +198,7 @@ def batch(lm, tokenizer, template, inf_args: InferenceArguments, gen_kwargs: dic
             inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
             with torch.no_grad():
                 output = lm.generate(**inputs, **gen_kwargs)
-            for conversation, ids in zip(chunk, output[:, inputs["input_ids"].shape[1]:]):
+            for conversation, ids in zip(chunk, output[:, inputs["input_ids"].shape[1] :], strict=True):
                 text = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), list(template.stop_words))
                 f.write(json.dumps({"Input": conversation[-1]["content"], "Output": text}, ensure_ascii=False) + "\n")
             logger.info("answered %d/%d", min(start + len(chunk), len(conversations)), len(conversations))

@@ -34,11 +34,16 @@ class MergeArguments:
     tokenizer_path: str | None = field(
         default=None, metadata={"help": "Tokenizer to save with it; default: the adapter's, else the base's."}
     )
-    resize_emb: bool = field(default=False, metadata={"help": "Resize base embeddings to the tokenizer first "
-                                                       "(needed when training grew the vocabulary)."})
+    resize_emb: bool = field(
+        default=False,
+        metadata={"help": "Resize base embeddings to the tokenizer first (needed when training grew the vocabulary)."},
+    )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
-        default="auto", metadata={"help": "Dtype the merged weights are saved in (auto = the base checkpoint's). "
-                                          "The merge itself runs in float32."}
+        default="auto",
+        metadata={
+            "help": "Dtype the merged weights are saved in (auto = the base checkpoint's). "
+            "The merge itself runs in float32."
+        },
     )
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --output_dir."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the checkpoint."})
@@ -46,8 +51,10 @@ class MergeArguments:
 
 def check_paths(merge_args: MergeArguments) -> None:
     if not Path(merge_args.lora_model, "adapter_config.json").is_file():
-        raise UserError(f"--lora_model {merge_args.lora_model} holds no adapter_config.json; point it at the "
-                        "output_dir of a LoRA training run (or its checkpoint-N folder).")
+        raise UserError(
+            f"--lora_model {merge_args.lora_model} holds no adapter_config.json; point it at the "
+            "output_dir of a LoRA training run (or its checkpoint-N folder)."
+        )
     out = Path(merge_args.output_dir)
     if out.exists() and any(out.iterdir()) and not merge_args.overwrite:
         raise UserError(f"--output_dir {out} is not empty; choose a new folder or pass --overwrite True.")
@@ -71,8 +78,13 @@ def checkpoint_dtype(config) -> torch.dtype:
 
 
 def check_sample(tokenizer) -> dict[str, torch.Tensor]:
-    messages = [{"role": "user", "content": "What helps a fever? 发烧怎么办？"}, {"role": "assistant", "content": "Rest."}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False) if tokenizer.chat_template else messages[0]["content"]
+    messages = [
+        {"role": "user", "content": "What helps a fever? 发烧怎么办？"},
+        {"role": "assistant", "content": "Rest."},
+    ]
+    text = (
+        tokenizer.apply_chat_template(messages, tokenize=False) if tokenizer.chat_template else messages[0]["content"]
+    )
     return tokenizer(text, return_tensors="pt", add_special_tokens=False)
 
 
@@ -84,21 +96,30 @@ def main(argv: list[str] | None = None) -> Path:
     peft_config = PeftConfig.from_pretrained(merge_args.lora_model)
     reward = peft_config.task_type == "SEQ_CLS"
     model_class = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(merge_args), trust_remote_code=merge_args.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        tokenizer_source(merge_args), trust_remote_code=merge_args.trust_remote_code
+    )
     try:
         # Merge in fp32 so the check is exact and the weights are rounded once, when saved in the target dtype.
-        base = model_class.from_pretrained(merge_args.base_model, dtype=torch.float32,
-                                           trust_remote_code=merge_args.trust_remote_code,
-                                           **({"num_labels": 1} if reward else {}))
+        base = model_class.from_pretrained(
+            merge_args.base_model,
+            dtype=torch.float32,
+            trust_remote_code=merge_args.trust_remote_code,
+            **({"num_labels": 1} if reward else {}),
+        )
     except (OSError, ValueError) as err:
-        raise UserError(f"--base_model {merge_args.base_model}: cannot load it ({str(err).splitlines()[0]}).") from None
+        raise UserError(
+            f"--base_model {merge_args.base_model}: cannot load it ({str(err).splitlines()[0]})."
+        ) from None
     stored = AutoConfig.from_pretrained(merge_args.base_model, trust_remote_code=merge_args.trust_remote_code)
     saved_dtype = checkpoint_dtype(stored) if merge_args.dtype == "auto" else getattr(torch, merge_args.dtype)
     rows = base.get_input_embeddings().weight.shape[0]
     if len(tokenizer) != rows:
         if not merge_args.resize_emb and len(tokenizer) > rows:
-            raise UserError(f"the tokenizer has {len(tokenizer)} tokens but {merge_args.base_model} has {rows} "
-                            "embedding rows (the vocabulary grew in training); pass --resize_emb True.")
+            raise UserError(
+                f"the tokenizer has {len(tokenizer)} tokens but {merge_args.base_model} has {rows} "
+                "embedding rows (the vocabulary grew in training); pass --resize_emb True."
+            )
         if merge_args.resize_emb:
             base.resize_token_embeddings(len(tokenizer))
     sync_special_tokens(base, tokenizer)
@@ -111,11 +132,15 @@ def main(argv: list[str] | None = None) -> Path:
         got = merged(**sample).logits.float()
     difference = (got - expected).abs().max().item()
     tolerance = 1e-4 * (expected.abs().max().item() + 1.0)
-    print(f"merge check: max |merged - adapter| {'score' if reward else 'logit'} difference = {difference:.3g} "
-          f"(tolerance {tolerance:.3g})")
+    print(
+        f"merge check: max |merged - adapter| {'score' if reward else 'logit'} difference = {difference:.3g} "
+        f"(tolerance {tolerance:.3g})"
+    )
     if not difference <= tolerance:
-        raise RuntimeError(f"merged model differs from the adapter model by {difference:.3g} > {tolerance:.3g}; "
-                           "nothing was saved. Check that --base_model is the model the adapter was trained on.")
+        raise RuntimeError(
+            f"merged model differs from the adapter model by {difference:.3g} > {tolerance:.3g}; "
+            "nothing was saved. Check that --base_model is the model the adapter was trained on."
+        )
 
     # Write into a temporary sibling folder and move it into place, so a failure leaves no half-written model.
     out = Path(merge_args.output_dir)

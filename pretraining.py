@@ -20,11 +20,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PretrainArguments:
-    block_size: int | None = field(default=1024, metadata={"help": "Tokens per training row (None: the "
-                                                            "tokenizer's max length, at most 1024)."})
+    block_size: int | None = field(
+        default=1024, metadata={"help": "Tokens per training row (None: the tokenizer's max length, at most 1024)."}
+    )
     keep_linebreaks: bool = field(default=True, metadata={"help": "Keep the line break ending each .txt line."})
-    packing: bool = field(default=True, metadata={"help": "Concatenate documents into full blocks; attention "
-                                                   "and positions restart at every document."})
+    packing: bool = field(
+        default=True,
+        metadata={
+            "help": "Concatenate documents into full blocks; attention and positions restart at every document."
+        },
+    )
 
 
 ARG_TYPES = (args.ModelArguments, args.LoraArguments, args.DataArguments, PretrainArguments, TrainingArguments)
@@ -48,12 +53,20 @@ def main(argv: list[str] | None = None) -> Trainer:
         for name, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
             if name not in raw or (name == "validation" and not args.wants_eval(training_args)):
                 continue
-            blocks = tokenization.tokenize_pretrain(raw[name], tokenizer, block_size, pt_args.packing,
-                                                    data_args.preprocessing_num_workers, data_args.overwrite_cache,
-                                                    what=name)
+            blocks = tokenization.tokenize_pretrain(
+                raw[name],
+                tokenizer,
+                block_size,
+                pt_args.packing,
+                data_args.preprocessing_num_workers,
+                data_args.overwrite_cache,
+                what=name,
+            )
             if len(blocks) == 0:
-                raise UserError(f"{name} data has fewer tokens than one --block_size {block_size} block; lower "
-                                "--block_size, add text, or use --packing False.")
+                raise UserError(
+                    f"{name} data has fewer tokens than one --block_size {block_size} block; lower "
+                    "--block_size, add text, or use --packing False."
+                )
             splits[name] = data.cap(blocks, limit)  # MedicalGPT semantics: the cap counts blocks, not documents
     args.check_eval_split(training_args, splits.get("validation"))
 

@@ -18,15 +18,23 @@ from medgpt.errors import UserError, run_cli
 
 @dataclass
 class SFTArguments:
-    model_max_length: int = field(default=512, metadata={"help": "Longest sample in tokens; longer chats are cut "
-                                                          "at a turn boundary."})
+    model_max_length: int = field(
+        default=512, metadata={"help": "Longest sample in tokens; longer chats are cut at a turn boundary."}
+    )
     train_on_inputs: bool = field(default=False, metadata={"help": "Also train on prompts (system/user turns)."})
-    packing: bool = field(default=False, metadata={"help": "Pack several whole samples per row (no attention "
-                                                    "across them)."})
+    packing: bool = field(
+        default=False, metadata={"help": "Pack several whole samples per row (no attention across them)."}
+    )
 
 
-ARG_TYPES = (args.ModelArguments, args.LoraArguments, args.DataArguments, args.ChatArguments, SFTArguments,
-             TrainingArguments)
+ARG_TYPES = (
+    args.ModelArguments,
+    args.LoraArguments,
+    args.DataArguments,
+    args.ChatArguments,
+    SFTArguments,
+    TrainingArguments,
+)
 DEFAULTS = {"do_train": True, "report_to": ["tensorboard"], "logging_steps": 10, "remove_unused_columns": False}
 
 
@@ -46,8 +54,15 @@ def main(argv: list[str] | None = None) -> Trainer:
                 continue
             rows = data.cap(raw[name].shuffle(seed=training_args.seed), limit)
             splits[name] = tokenization.tokenize_sft(
-                rows, tokenizer, template, sft_args.model_max_length, sft_args.train_on_inputs,
-                data_args.preprocessing_num_workers, data_args.overwrite_cache, what=name)
+                rows,
+                tokenizer,
+                template,
+                sft_args.model_max_length,
+                sft_args.train_on_inputs,
+                data_args.preprocessing_num_workers,
+                data_args.overwrite_cache,
+                what=name,
+            )
             if sft_args.packing:
                 splits[name] = tokenization.pack(splits[name], sft_args.model_max_length, training_args.seed)
     args.check_eval_split(training_args, splits.get("validation"))

@@ -27,8 +27,17 @@ Message = dict[str, Any]
 
 # Strings that end a turn in common chat formats; auto mode looks for them in a tokenizer's chat_template.
 KNOWN_STOPS = (
-    "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>", "<|END_OF_TURN_TOKEN|>",
-    "<｜end▁of▁sentence｜>", "<|endoftext|>", "<|EOT|>", "<eoa>", "</s>",
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|END_OF_TURN_TOKEN|>",
+    "<｜end▁of▁sentence｜>",
+    "<|endoftext|>",
+    "<|EOT|>",
+    "<eoa>",
+    "</s>",
 )
 ROLES = ("system", "user", "assistant", "tool")
 _SENTINEL = re.compile(r"\x00(\d+)\x00")  # marks where answer number N starts, in auto mode
@@ -127,9 +136,15 @@ def tools_text(tool_format: str, tools: list[dict] | None) -> str:
     entries = []
     for tool in tools:
         spec = tool.get("function", tool)
-        entries.append(_fill(fmt.tool, json=_to_json(tool), name=spec["name"],
-                             description=spec.get("description") or "",
-                             parameters=_to_json(spec.get("parameters") or {})))
+        entries.append(
+            _fill(
+                fmt.tool,
+                json=_to_json(tool),
+                name=spec["name"],
+                description=spec.get("description") or "",
+                parameters=_to_json(spec.get("parameters") or {}),
+            )
+        )
     return _fill(fmt.tools, tools=fmt.tool_sep.join(entries))
 
 
@@ -187,13 +202,15 @@ class Template:
     def _tool_turn(self) -> str:
         return self.tool or self.user
 
-    def render(self, messages: list[Message], tools: list[dict] | None = None,
-               add_generation_prompt: bool = False) -> str:
+    def render(
+        self, messages: list[Message], tools: list[dict] | None = None, add_generation_prompt: bool = False
+    ) -> str:
         """The conversation as text; add_generation_prompt ends it with the header of the next answer."""
         return "".join(text for text, _ in self._pieces(messages, tools, add_generation_prompt))
 
-    def segments(self, messages: list[Message], tools: list[dict] | None = None,
-                 add_generation_prompt: bool = False) -> list[tuple[str, bool]]:
+    def segments(
+        self, messages: list[Message], tools: list[dict] | None = None, add_generation_prompt: bool = False
+    ) -> list[tuple[str, bool]]:
         """Rendered text cut into pieces; True = supervised (trained). ''.join(texts) == render(...).
 
         Supervised = each assistant turn's answer and tool calls plus the stop string that ends the turn, so the
@@ -221,8 +238,9 @@ class Template:
         """The answer text and its tool calls, before `reply` wraps it."""
         return answer_text(self.tool_format, content, tool_calls)
 
-    def _pieces(self, messages: list[Message], tools: list[dict] | None,
-                add_generation_prompt: bool) -> Iterator[tuple[str, bool]]:
+    def _pieces(
+        self, messages: list[Message], tools: list[dict] | None, add_generation_prompt: bool
+    ) -> Iterator[tuple[str, bool]]:
         rest, system = messages, ""
         if messages and messages[0]["role"] == "system":
             rest, system = messages[1:], self._content(messages[0])
@@ -285,21 +303,30 @@ class Template:
         think = ""
         if self.empty_think:
             last = " and loop.last" if self.empty_think_last_only else ""
-            think = (f"{{%- if ns.last_user >= 0 and loop.index0 > ns.last_user{last} -%}}"
-                     f"{emit(self.empty_think)}{{%- set content = content.lstrip('\\n') -%}}{{%- endif -%}}")
+            think = (
+                f"{{%- if ns.last_user >= 0 and loop.index0 > ns.last_user{last} -%}}"
+                f"{emit(self.empty_think)}{{%- set content = content.lstrip('\\n') -%}}{{%- endif -%}}"
+            )
         fold, fold_user = "false", ""
         if self.fold_system:
             fold = "loop_messages and loop_messages[0].role == 'user'"
-            fold_user = ("{%- if loop.first and fold and ns.system -%}{%- set content = "
-                         f"{_jinja_expr(self.system, content='ns.system')} + content -%}}{{%- endif -%}}")
+            fold_user = (
+                "{%- if loop.first and fold and ns.system -%}{%- set content = "
+                f"{_jinja_expr(self.system, content='ns.system')} + content -%}}{{%- endif -%}}"
+            )
         program = _JINJA.substitute(
             name=self.name,
             default_system=_jinja_str(self.default_system),
             system_content=f"{system} or ns.system",
             tools_open=emit(tools_open),
             tool_sep=emit(fmt.tool_sep),
-            tool_entry=emit(fmt.tool, json="(tool | tojson)", name="spec.name", description="(spec.description or '')",
-                            parameters="((spec.parameters or {}) | tojson)"),
+            tool_entry=emit(
+                fmt.tool,
+                json="(tool | tojson)",
+                name="spec.name",
+                description="(spec.description or '')",
+                parameters="((spec.parameters or {}) | tojson)",
+            ),
             tools_close=emit(tools_close),
             fold=fold,
             prefix=emit(self.prefix),
@@ -459,14 +486,17 @@ class TokenizerTemplate:
     def to_jinja(self) -> str:
         return self.tokenizer.chat_template
 
-    def render(self, messages: list[Message], tools: list[dict] | None = None,
-               add_generation_prompt: bool = False) -> str:
+    def render(
+        self, messages: list[Message], tools: list[dict] | None = None, add_generation_prompt: bool = False
+    ) -> str:
         messages, tools = self._as_text(messages, tools)
-        return self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+        return self.tokenizer.apply_chat_template(
+            messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
-    def segments(self, messages: list[Message], tools: list[dict] | None = None,
-                 add_generation_prompt: bool = False) -> list[tuple[str, bool]]:
+    def segments(
+        self, messages: list[Message], tools: list[dict] | None = None, add_generation_prompt: bool = False
+    ) -> list[tuple[str, bool]]:
         """Supervised spans found without assuming the template is prefix-preserving: each assistant answer is
         marked with a sentinel, rendered once, and supervised from there up to and including the next stop string."""
         messages, tools = self._as_text(messages, tools)
@@ -484,8 +514,9 @@ class TokenizerTemplate:
         segments.append((text[position:], False))
         return [(piece, supervised) for piece, supervised in segments if piece]
 
-    def _answer_starts(self, messages: list[Message], tools: list[dict] | None, add_generation_prompt: bool,
-                       text: str) -> list[int]:
+    def _answer_starts(
+        self, messages: list[Message], tools: list[dict] | None, add_generation_prompt: bool, text: str
+    ) -> list[int]:
         """Where each assistant turn's own output begins in `text`."""
         marked = [dict(m) for m in messages]
         empty = []
@@ -513,22 +544,25 @@ class TokenizerTemplate:
             starts[i] = self._empty_answer_start(messages, i, tools, add_generation_prompt, text)
         return [starts[i] for i in sorted(starts)]
 
-    def _empty_answer_start(self, messages: list[Message], index: int, tools: list[dict] | None,
-                            add_generation_prompt: bool, text: str) -> int:
+    def _empty_answer_start(
+        self, messages: list[Message], index: int, tools: list[dict] | None, add_generation_prompt: bool, text: str
+    ) -> int:
         """An assistant message without text (tool calls only): render it once more as a bare one-character
         answer; the output of the turn starts where that render departs from the real one."""
         variant = [dict(m) for m in messages]
         variant[index] = {"role": "assistant", "content": "\x01"}
         other = self.render(variant, tools, add_generation_prompt)
         start = len(os.path.commonprefix([text, other]))
-        if other[start:start + 1] != "\x01":
+        if other[start : start + 1] != "\x01":
             raise ValueError(self._cannot("an assistant turn without text could not be located"))
         return start
 
     @staticmethod
     def _cannot(reason: str) -> str:
-        return (f"auto mode cannot derive assistant masks for this chat_template ({reason}); pass "
-                f"--template_name <one of: {', '.join(sorted(TEMPLATES))}>.")
+        return (
+            f"auto mode cannot derive assistant masks for this chat_template ({reason}); pass "
+            f"--template_name <one of: {', '.join(sorted(TEMPLATES))}>."
+        )
 
 
 TEMPLATES: dict[str, Template] = {}
@@ -537,9 +571,9 @@ TEMPLATES: dict[str, Template] = {}
 def register(template: Template) -> Template:
     """Add a template to the registry; names are unique. Example::
 
-        register(Template(name="my_chat", user="User: {content}\\n", assistant="Bot: ", stop="</s>", separator="\\n"))
-        get_template("my_chat").render([{"role": "user", "content": "Hi"}], add_generation_prompt=True)
-        # 'User: Hi\\nBot: '
+    register(Template(name="my_chat", user="User: {content}\\n", assistant="Bot: ", stop="</s>", separator="\\n"))
+    get_template("my_chat").render([{"role": "user", "content": "Hi"}], add_generation_prompt=True)
+    # 'User: Hi\\nBot: '
     """
     if template.name in TEMPLATES:
         raise ValueError(f"Template {template.name!r} is already registered.")
@@ -573,28 +607,50 @@ def with_tool_format(template: Template | TokenizerTemplate, tool_format: str) -
 # answers end with the same stop string as in training, no stray separators.
 
 _CHATML = dict(
-    system="<|im_start|>system\n{content}<|im_end|>\n", user="<|im_start|>user\n{content}<|im_end|>\n",
-    assistant="<|im_start|>assistant\n", stop="<|im_end|>", separator="\n", tool_format="qwen",
+    system="<|im_start|>system\n{content}<|im_end|>\n",
+    user="<|im_start|>user\n{content}<|im_end|>\n",
+    assistant="<|im_start|>assistant\n",
+    stop="<|im_end|>",
+    separator="\n",
+    tool_format="qwen",
 )
 _EMPTY_THINK = "<think>\n\n</think>\n\n"
 _QWEN3 = dict(_CHATML, empty_think=_EMPTY_THINK)
 # Qwen3.5 trims every message and keeps the empty think block on all answers after the last user message.
 _QWEN3_5 = dict(_QWEN3, strip=ROLES, empty_think_last_only=False)
 _LLAMA2 = dict(
-    user="<s>[INST] {content} [/INST]", assistant="", reply=" {content} ", stop="</s>",
-    system="<<SYS>>\n{content}\n<</SYS>>\n\n", fold_system=True, strip=("user", "assistant"),
+    user="<s>[INST] {content} [/INST]",
+    assistant="",
+    reply=" {content} ",
+    stop="</s>",
+    system="<<SYS>>\n{content}\n<</SYS>>\n\n",
+    fold_system=True,
+    strip=("user", "assistant"),
 )
 _PHI3 = dict(
-    system="<|system|>\n{content}<|end|>\n", user="<|user|>\n{content}<|end|>\n", assistant="<|assistant|>\n",
-    stop="<|end|>", separator="\n", suffix="<|endoftext|>", extra_stops=("<|endoftext|>",),
+    system="<|system|>\n{content}<|end|>\n",
+    user="<|user|>\n{content}<|end|>\n",
+    assistant="<|assistant|>\n",
+    stop="<|end|>",
+    separator="\n",
+    suffix="<|endoftext|>",
+    extra_stops=("<|endoftext|>",),
 )
 # Gemma 1/2 reject system messages; folding them into the first user turn like Gemma 3 is the usual fix.
 _GEMMA = dict(
-    prefix="<bos>", user="<start_of_turn>user\n{content}<end_of_turn>\n", assistant="<start_of_turn>model\n",
-    stop="<end_of_turn>", separator="\n", system="{content}\n\n", fold_system=True, strip=("user", "assistant"),
+    prefix="<bos>",
+    user="<start_of_turn>user\n{content}<end_of_turn>\n",
+    assistant="<start_of_turn>model\n",
+    stop="<end_of_turn>",
+    separator="\n",
+    system="{content}\n\n",
+    fold_system=True,
+    strip=("user", "assistant"),
 )
-_HUMAN_CHAT = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
-               "helpful, detailed, and polite answers to the human's questions.")
+_HUMAN_CHAT = (
+    "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+    "helpful, detailed, and polite answers to the human's questions."
+)
 _LLAMA2_SYSTEM = (
     "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, while being safe. "
     "Your answers should not include any harmful, unethical, racist, sexist, toxic, dangerous, or illegal content. "
@@ -605,82 +661,189 @@ _LLAMA2_SYSTEM = (
 
 for _template in (
     # MedicalGPT's names.
-    Template(name="vicuna", user="USER: {content} ", assistant="ASSISTANT:", reply=" {content}", stop="</s>",
-             system="{content} ", default_system="A chat between a curious user and an artificial intelligence "
-             "assistant. The assistant gives helpful, detailed, and polite answers to the user's questions."),
+    Template(
+        name="vicuna",
+        user="USER: {content} ",
+        assistant="ASSISTANT:",
+        reply=" {content}",
+        stop="</s>",
+        system="{content} ",
+        default_system="A chat between a curious user and an artificial intelligence "
+        "assistant. The assistant gives helpful, detailed, and polite answers to the user's questions.",
+    ),
     Template(name="base", user="{content}", assistant="", stop="</s>"),
-    Template(name="alpaca", user="### Instruction:\n{content}\n\n", assistant="### Response:\n", stop="</s>",
-             separator="\n\n", system="{content}\n\n", default_system="Below is an instruction that describes a "
-             "task. Write a response that appropriately completes the request."),
-    Template(name="baichuan", user="<reserved_102>{content}", assistant="<reserved_103>", stop="</s>",
-             system="{content}"),
-    Template(name="baichuan2", user="<reserved_106>{content}", assistant="<reserved_107>", stop="</s>",
-             system="{content}"),
+    Template(
+        name="alpaca",
+        user="### Instruction:\n{content}\n\n",
+        assistant="### Response:\n",
+        stop="</s>",
+        separator="\n\n",
+        system="{content}\n\n",
+        default_system="Below is an instruction that describes a "
+        "task. Write a response that appropriately completes the request.",
+    ),
+    Template(
+        name="baichuan", user="<reserved_102>{content}", assistant="<reserved_103>", stop="</s>", system="{content}"
+    ),
+    Template(
+        name="baichuan2", user="<reserved_106>{content}", assistant="<reserved_107>", stop="</s>", system="{content}"
+    ),
     Template(name="ziya", user="<human>:{content}\n", assistant="<bot>:", stop="</s>", separator="\n"),
     Template(name="linly", user="User: {content}\n", assistant="Bot: ", stop="</s>", separator="\n"),
     Template(name="chatglm", user="问：{content}\n", assistant="答：", stop="</s>", separator="\n"),
-    Template(name="chatglm2", user="问：{content}\n\n", assistant="答：", stop="</s>", separator="\n\n",
-             system="{content}\n\n"),
-    Template(name="chatglm3", system="<|system|>\n{content}", user="<|user|>\n{content}", assistant="<|assistant|>",
-             stop="</s>", separator="\n", extra_stops=("<|user|>", "<|observation|>"), tool_format="glm4"),
-    Template(name="phoenix", user="Human: <s>{content}</s>", assistant="Assistant: ", stop="</s>",
-             system="{content}\n\n", default_system=_HUMAN_CHAT),
-    Template(name="belle", user="Human: {content}\n\n", assistant="Belle: ", stop="</s>", separator="\n\n",
-             system="{content}\n\n"),
-    Template(name="aquila", user="Human: {content}###", assistant="Assistant:", stop="</s>", separator="###",
-             system="{content}###", default_system=_HUMAN_CHAT),
-    Template(name="intern", system="<|System|>:{content}\n", user="<|User|>:{content}<eoh>\n",
-             assistant="<|Bot|>:", stop="<eoa>", separator="\n"),
-    Template(name="intern2", **_CHATML,
-             default_system="You are an AI assistant whose name is InternLM (书生·浦语)."),
-    Template(name="starchat", system="<|system|>\n{content}<|end|>\n", user="<|user|>\n{content}<|end|>\n",
-             assistant="<|assistant|>\n", stop="<|end|>", separator="\n"),
+    Template(
+        name="chatglm2",
+        user="问：{content}\n\n",
+        assistant="答：",
+        stop="</s>",
+        separator="\n\n",
+        system="{content}\n\n",
+    ),
+    Template(
+        name="chatglm3",
+        system="<|system|>\n{content}",
+        user="<|user|>\n{content}",
+        assistant="<|assistant|>",
+        stop="</s>",
+        separator="\n",
+        extra_stops=("<|user|>", "<|observation|>"),
+        tool_format="glm4",
+    ),
+    Template(
+        name="phoenix",
+        user="Human: <s>{content}</s>",
+        assistant="Assistant: ",
+        stop="</s>",
+        system="{content}\n\n",
+        default_system=_HUMAN_CHAT,
+    ),
+    Template(
+        name="belle",
+        user="Human: {content}\n\n",
+        assistant="Belle: ",
+        stop="</s>",
+        separator="\n\n",
+        system="{content}\n\n",
+    ),
+    Template(
+        name="aquila",
+        user="Human: {content}###",
+        assistant="Assistant:",
+        stop="</s>",
+        separator="###",
+        system="{content}###",
+        default_system=_HUMAN_CHAT,
+    ),
+    Template(
+        name="intern",
+        system="<|System|>:{content}\n",
+        user="<|User|>:{content}<eoh>\n",
+        assistant="<|Bot|>:",
+        stop="<eoa>",
+        separator="\n",
+    ),
+    Template(name="intern2", **_CHATML, default_system="You are an AI assistant whose name is InternLM (书生·浦语)."),
+    Template(
+        name="starchat",
+        system="<|system|>\n{content}<|end|>\n",
+        user="<|user|>\n{content}<|end|>\n",
+        assistant="<|assistant|>\n",
+        stop="<|end|>",
+        separator="\n",
+    ),
     Template(name="llama2", **_LLAMA2, default_system=_LLAMA2_SYSTEM),
     Template(name="llama2-zh", **_LLAMA2, default_system="You are a helpful assistant. 你是一个乐于助人的助手。"),
     # Official Llama 3 template: BOS, every message trimmed.
-    Template(name="llama3", prefix="<|begin_of_text|>",
-             system="<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
-             user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
-             assistant="<|start_header_id|>assistant<|end_header_id|>\n\n", stop="<|eot_id|>",
-             tool="<|start_header_id|>ipython<|end_header_id|>\n\n{content}<|eot_id|>", strip=ROLES,
-             extra_stops=("<|eom_id|>",), tool_format="llama3"),
+    Template(
+        name="llama3",
+        prefix="<|begin_of_text|>",
+        system="<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
+        user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
+        assistant="<|start_header_id|>assistant<|end_header_id|>\n\n",
+        stop="<|eot_id|>",
+        tool="<|start_header_id|>ipython<|end_header_id|>\n\n{content}<|eot_id|>",
+        strip=ROLES,
+        extra_stops=("<|eom_id|>",),
+        tool_format="llama3",
+    ),
     # Mistral-Instruct v0.x: the system prompt goes inside the first [INST].
-    Template(name="mistral", prefix="<s>", user="[INST] {content} [/INST]", assistant="", reply=" {content}",
-             stop="</s>", system="{content}\n\n", fold_system=True, tool_format="mistral"),
-    Template(name="xverse", user="Human: {content}\n\n", assistant="Assistant: ", stop="</s>",
-             system="{content}\n\n"),
+    Template(
+        name="mistral",
+        prefix="<s>",
+        user="[INST] {content} [/INST]",
+        assistant="",
+        reply=" {content}",
+        stop="</s>",
+        system="{content}\n\n",
+        fold_system=True,
+        tool_format="mistral",
+    ),
+    Template(name="xverse", user="Human: {content}\n\n", assistant="Assistant: ", stop="</s>", system="{content}\n\n"),
     Template(name="chatml", **_CHATML),
-    Template(name="deepseek", prefix="<｜begin▁of▁sentence｜>", system="{content}\n\n", user="User: {content}\n\n",
-             assistant="Assistant:", reply=" {content}", stop="<｜end▁of▁sentence｜>"),
+    Template(
+        name="deepseek",
+        prefix="<｜begin▁of▁sentence｜>",
+        system="{content}\n\n",
+        user="User: {content}\n\n",
+        assistant="Assistant:",
+        reply=" {content}",
+        stop="<｜end▁of▁sentence｜>",
+    ),
     # Official DeepSeek-V3 template: raw system text after BOS; the generation prompt opens a think block.
-    Template(name="deepseek3", prefix="<｜begin▁of▁sentence｜>", system="{content}", user="<｜User｜>{content}",
-             assistant="<｜Assistant｜>", stop="<｜end▁of▁sentence｜>", generation_suffix="<think>\n"),
-    Template(name="deepseekcoder", prefix="<｜begin▁of▁sentence｜>", system="{content}\n",
-             user="### Instruction:\n{content}\n", assistant="### Response:\n", reply="{content}\n", stop="<|EOT|>",
-             separator="\n", default_system="You are an AI programming assistant, utilizing the Deepseek Coder "
-             "model, developed by Deepseek Company, and you only answer questions related to computer science. For "
-             "politically sensitive questions, security and privacy issues, and other non-computer science "
-             "questions, you will refuse to answer"),
+    Template(
+        name="deepseek3",
+        prefix="<｜begin▁of▁sentence｜>",
+        system="{content}",
+        user="<｜User｜>{content}",
+        assistant="<｜Assistant｜>",
+        stop="<｜end▁of▁sentence｜>",
+        generation_suffix="<think>\n",
+    ),
+    Template(
+        name="deepseekcoder",
+        prefix="<｜begin▁of▁sentence｜>",
+        system="{content}\n",
+        user="### Instruction:\n{content}\n",
+        assistant="### Response:\n",
+        reply="{content}\n",
+        stop="<|EOT|>",
+        separator="\n",
+        default_system="You are an AI programming assistant, utilizing the Deepseek Coder "
+        "model, developed by Deepseek Company, and you only answer questions related to computer science. For "
+        "politically sensitive questions, security and privacy issues, and other non-computer science "
+        "questions, you will refuse to answer",
+    ),
     Template(name="yi", **_CHATML),
     # Orion's generation prompt itself ends with EOS.
-    Template(name="orion", user="Human: {content}\n\n", assistant="Assistant: </s>", stop="</s>",
-             system="{content}\n\n"),
+    Template(
+        name="orion", user="Human: {content}\n\n", assistant="Assistant: </s>", stop="</s>", system="{content}\n\n"
+    ),
     # Official Cohere (Aya) template: the system prompt is kept as given, user and answers are stripped.
-    Template(name="cohere", prefix="<BOS_TOKEN>",
-             system="<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>{content}<|END_OF_TURN_TOKEN|>",
-             user="<|START_OF_TURN_TOKEN|><|USER_TOKEN|>{content}<|END_OF_TURN_TOKEN|>",
-             assistant="<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>", stop="<|END_OF_TURN_TOKEN|>",
-             strip=("user", "assistant")),
+    Template(
+        name="cohere",
+        prefix="<BOS_TOKEN>",
+        system="<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>{content}<|END_OF_TURN_TOKEN|>",
+        user="<|START_OF_TURN_TOKEN|><|USER_TOKEN|>{content}<|END_OF_TURN_TOKEN|>",
+        assistant="<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>",
+        stop="<|END_OF_TURN_TOKEN|>",
+        strip=("user", "assistant"),
+    ),
     Template(name="qwen", **_CHATML, default_system="You are a helpful assistant."),
     Template(name="qwen3", **_QWEN3),
     Template(name="qwen3_nothink", **_QWEN3, generation_suffix=_EMPTY_THINK),
     Template(name="qwen3_5", **_QWEN3_5, generation_suffix="<think>\n"),
     Template(name="qwen3_5_nothink", **_QWEN3_5, generation_suffix=_EMPTY_THINK),
     # Current families, each matching its official template.
-    Template(name="qwen2.5", **_CHATML,
-             default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
-    Template(name="smollm2", **_CHATML,
-             default_system="You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
+    Template(
+        name="qwen2.5",
+        **_CHATML,
+        default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+    ),
+    Template(
+        name="smollm2",
+        **_CHATML,
+        default_system="You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+    ),
     Template(name="phi3", **_PHI3),
     Template(name="phi3.5", **_PHI3),
     Template(name="gemma", **_GEMMA),

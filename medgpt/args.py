@@ -134,9 +134,7 @@ def _config_to_argv(path: str, parser: HfArgumentParser) -> list[str]:
     for key, value in config.items():
         if key not in known:
             hint = difflib.get_close_matches(key, known, n=1)
-            raise UserError(
-                f"--config {path}: unknown key {key!r}." + (f" Did you mean {hint[0]!r}?" if hint else "")
-            )
+            raise UserError(f"--config {path}: unknown key {key!r}." + (f" Did you mean {hint[0]!r}?" if hint else ""))
         if value is None:
             continue
         values = value if isinstance(value, list) else [value]
@@ -180,10 +178,14 @@ def parse(types: tuple[type, ...], argv: list[str] | None = None, defaults: dict
     *parsed, unknown = parser.parse_args_into_dataclasses(args=config_argv + argv, return_remaining_strings=True)
     if unknown:
         flags = [a for a in unknown if a.startswith("-")] or unknown
-        hints = [f"{flag} -> {match[0]}" for flag in flags
-                 if (match := difflib.get_close_matches(flag.split("=")[0], parser._option_string_actions, n=1))]
+        hints = [
+            f"{flag} -> {match[0]}"
+            for flag in flags
+            if (match := difflib.get_close_matches(flag.split("=")[0], parser._option_string_actions, n=1))
+        ]
         raise UserError(
-            f"unknown argument(s): {' '.join(unknown)}." + (f" Did you mean: {', '.join(hints)}?" if hints else "")
+            f"unknown argument(s): {' '.join(unknown)}."
+            + (f" Did you mean: {', '.join(hints)}?" if hints else "")
             + " Run with --help to list every flag."
         )
     return tuple(parsed)
@@ -203,11 +205,15 @@ def check_args(
         problems.append("--load_in_4bit and --load_in_8bit exclude each other; pick one.")
     quantized = model_args.load_in_4bit or model_args.load_in_8bit or lora_args.qlora
     if quantized and not lora_args.use_peft:
-        problems.append("quantized weights cannot be fully fine-tuned; add --use_peft True or drop --load_in_*/--qlora.")
+        problems.append(
+            "quantized weights cannot be fully fine-tuned; add --use_peft True or drop --load_in_*/--qlora."
+        )
     if lora_args.peft_path and not lora_args.use_peft:
         problems.append(f"--peft_path {lora_args.peft_path} needs --use_peft True.")
     if lora_args.peft_path and not Path(lora_args.peft_path, "adapter_config.json").is_file():
-        problems.append(f"--peft_path {lora_args.peft_path} holds no adapter_config.json; point it at a saved adapter.")
+        problems.append(
+            f"--peft_path {lora_args.peft_path} holds no adapter_config.json; point it at a saved adapter."
+        )
     if data_args is not None and training_args.do_train and not (data_args.train_file_dir or data_args.dataset_name):
         problems.append("no training data: pass --train_file_dir DIR or --dataset_name NAME.")
     for flag in ("train_file_dir", "validation_file_dir"):

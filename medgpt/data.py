@@ -238,7 +238,7 @@ def check_turn_order(messages: list[dict], report: ReadReport) -> list[dict]:
 def normalize_chat(row: dict, report: ReadReport) -> dict | None:
     if not isinstance(row, dict):
         raise RowError("row", f"expected a JSON object, got {type(row).__name__}")
-    for name, (key, convert) in FORMATS.items():
+    for key, convert in FORMATS.values():
         if key in row:
             messages, tools = convert(row)
             messages = check_turn_order(messages, report)
@@ -246,8 +246,11 @@ def normalize_chat(row: dict, report: ReadReport) -> dict | None:
                 return None
             return {"messages": json.dumps(messages, ensure_ascii=False), "tools": json.dumps(tools) if tools else ""}
     keys = ", ".join(repr(k) for k in row) or "none"
-    raise RowError("row", f"unknown chat format (keys: {keys}); expected 'conversations' (ShareGPT), 'messages' "
-                   "(OpenAI) or 'instruction'+'output' (Alpaca)")
+    raise RowError(
+        "row",
+        f"unknown chat format (keys: {keys}); expected 'conversations' (ShareGPT), 'messages' "
+        "(OpenAI) or 'instruction'+'output' (Alpaca)",
+    )
 
 
 def normalize_text(row: Any, report: ReadReport) -> dict:
@@ -297,8 +300,13 @@ def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
                 yield number, RowError(None, f"invalid JSON ({err.msg} at column {err.colno})")
 
 
-def read_rows(sources: list[tuple[str, Iterator[tuple[int, Any]]]], kind: Kind, skip_bad_rows: bool,
-              keep_linebreaks: bool, report: ReadReport) -> Iterator[dict]:
+def read_rows(
+    sources: list[tuple[str, Iterator[tuple[int, Any]]]],
+    kind: Kind,
+    skip_bad_rows: bool,
+    keep_linebreaks: bool,
+    report: ReadReport,
+) -> Iterator[dict]:
     normalize = normalize_chat if kind == "chat" else normalize_text
     for name, rows in sources:
         count, skipped_before = 0, sum(report.skipped.values())
@@ -328,15 +336,28 @@ def read_rows(sources: list[tuple[str, Iterator[tuple[int, Any]]]], kind: Kind, 
             raise UserError(f"{name}: no rows found (empty file). Remove it or add data.")
 
 
-def _rows_from_files(files: list[tuple[str, int, int]], kind: Kind, skip_bad_rows: bool, keep_linebreaks: bool,
-                     report: ReadReport, version: str) -> Iterator[dict]:
+def _rows_from_files(
+    files: list[tuple[str, int, int]],
+    kind: Kind,
+    skip_bad_rows: bool,
+    keep_linebreaks: bool,
+    report: ReadReport,
+    version: str,
+) -> Iterator[dict]:
     # (path, size, mtime) identify the files so the datasets cache is invalidated when one changes.
     sources = [(path, _file_rows(Path(path))) for path, _, _ in files]
     yield from read_rows(sources, kind, skip_bad_rows, keep_linebreaks, report)
 
 
-def _rows_from_dataset(dataset: Dataset, name: str, kind: Kind, skip_bad_rows: bool, keep_linebreaks: bool,
-                       report: ReadReport, version: str) -> Iterator[dict]:
+def _rows_from_dataset(
+    dataset: Dataset,
+    name: str,
+    kind: Kind,
+    skip_bad_rows: bool,
+    keep_linebreaks: bool,
+    report: ReadReport,
+    version: str,
+) -> Iterator[dict]:
     yield from read_rows([(name, enumerate(dataset, 1))], kind, skip_bad_rows, keep_linebreaks, report)
 
 
@@ -344,8 +365,9 @@ def _build(generator: Callable, gen_kwargs: dict, what: str, cache_dir: str | No
     """Validated rows as an Arrow dataset in the datasets cache (so tokenization results are cached too)."""
     report = ReadReport()
     try:
-        dataset = Dataset.from_generator(generator, gen_kwargs={**gen_kwargs, "report": report, "version": __version__},
-                                         cache_dir=cache_dir)
+        dataset = Dataset.from_generator(
+            generator, gen_kwargs={**gen_kwargs, "report": report, "version": __version__}, cache_dir=cache_dir
+        )
     except DatasetGenerationError as err:
         cause = err.__cause__ or err.__context__
         while cause is not None and not isinstance(cause, UserError):
@@ -365,22 +387,48 @@ def _build(generator: Callable, gen_kwargs: dict, what: str, cache_dir: str | No
     return dataset
 
 
-def load_split(files: list[Path], kind: Kind, data_args: DataArguments, keep_linebreaks: bool, what: str,
-               cache_dir: str | None = None) -> Dataset:
+def load_split(
+    files: list[Path],
+    kind: Kind,
+    data_args: DataArguments,
+    keep_linebreaks: bool,
+    what: str,
+    cache_dir: str | None = None,
+) -> Dataset:
     stamped = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return _build(_rows_from_files, {"files": stamped, "kind": kind, "skip_bad_rows": data_args.skip_bad_rows,
-                                     "keep_linebreaks": keep_linebreaks}, what, cache_dir)
+    return _build(
+        _rows_from_files,
+        {"files": stamped, "kind": kind, "skip_bad_rows": data_args.skip_bad_rows, "keep_linebreaks": keep_linebreaks},
+        what,
+        cache_dir,
+    )
 
 
-def load_hub_split(dataset: Dataset, name: str, kind: Kind, data_args: DataArguments, keep_linebreaks: bool,
-                   cache_dir: str | None = None) -> Dataset:
-    return _build(_rows_from_dataset, {"dataset": dataset, "name": name, "kind": kind,
-                                       "skip_bad_rows": data_args.skip_bad_rows, "keep_linebreaks": keep_linebreaks},
-                  name, cache_dir)
+def load_hub_split(
+    dataset: Dataset,
+    name: str,
+    kind: Kind,
+    data_args: DataArguments,
+    keep_linebreaks: bool,
+    cache_dir: str | None = None,
+) -> Dataset:
+    return _build(
+        _rows_from_dataset,
+        {
+            "dataset": dataset,
+            "name": name,
+            "kind": kind,
+            "skip_bad_rows": data_args.skip_bad_rows,
+            "keep_linebreaks": keep_linebreaks,
+        },
+        name,
+        cache_dir,
+    )
 
 
-def load_datasets(data_args: DataArguments, kind: Kind, seed: int = 42, keep_linebreaks: bool = True,
-                  cache_dir: str | None = None) -> DatasetDict:
+def load_datasets(
+    data_args: DataArguments, kind: Kind, seed: int = 42, keep_linebreaks: bool = True, cache_dir: str | None = None
+) -> DatasetDict:
     """Train (and, when available, validation) splits of normalized rows.
 
     Without validation files, `validation_split_percentage` of the training rows (shuffled with `seed`) are held
@@ -389,21 +437,30 @@ def load_datasets(data_args: DataArguments, kind: Kind, seed: int = 42, keep_lin
     splits: dict[str, Dataset] = {}
     if data_args.train_file_dir:
         splits["train"] = load_split(
-            find_files(data_args.train_file_dir, kind, "train_file_dir"), kind, data_args, keep_linebreaks, "train",
+            find_files(data_args.train_file_dir, kind, "train_file_dir"),
+            kind,
+            data_args,
+            keep_linebreaks,
+            "train",
             cache_dir,
         )
     if data_args.validation_file_dir:
         splits["validation"] = load_split(
             find_files(data_args.validation_file_dir, kind, "validation_file_dir"),
-            kind, data_args, keep_linebreaks, "validation", cache_dir,
+            kind,
+            data_args,
+            keep_linebreaks,
+            "validation",
+            cache_dir,
         )
     if data_args.dataset_name:
         hub = _load_named_dataset(data_args, cache_dir)
         for split_name, split in hub.items():
             target = "validation" if split_name in ("validation", "valid", "dev") else split_name
             if target in ("train", "validation") and target not in splits:
-                splits[target] = load_hub_split(split, f"{data_args.dataset_name}[{split_name}]", kind, data_args,
-                                                keep_linebreaks, cache_dir)
+                splits[target] = load_hub_split(
+                    split, f"{data_args.dataset_name}[{split_name}]", kind, data_args, keep_linebreaks, cache_dir
+                )
     if "train" not in splits:
         raise UserError("no training split found: pass --train_file_dir DIR or a --dataset_name with a train split.")
     if "validation" not in splits and data_args.validation_split_percentage > 0:

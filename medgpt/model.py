@@ -23,8 +23,12 @@ logger = logging.getLogger(__name__)
 
 
 def _hub_kwargs(model_args: ModelArguments) -> dict:
-    return {"trust_remote_code": model_args.trust_remote_code, "cache_dir": model_args.cache_dir,
-            "revision": model_args.model_revision, "token": model_args.hf_hub_token}
+    return {
+        "trust_remote_code": model_args.trust_remote_code,
+        "cache_dir": model_args.cache_dir,
+        "revision": model_args.model_revision,
+        "token": model_args.hf_hub_token,
+    }
 
 
 def _cannot_load(what: str, path: str, err: Exception) -> UserError:
@@ -65,7 +69,9 @@ def load_chat_tokenizer(model_args: ModelArguments, chat_args: ChatArguments, pa
         if chat_args.tool_format:
             template = with_tool_format(template, chat_args.tool_format)
     except ValueError as err:
-        raise UserError(f"--template_name {chat_args.template_name} / --tool_format {chat_args.tool_format}: {err}") from None
+        raise UserError(
+            f"--template_name {chat_args.template_name} / --tool_format {chat_args.tool_format}: {err}"
+        ) from None
     if template.name != "auto":
         tokenizer.chat_template = template.to_jinja()
     return tokenizer, template
@@ -87,8 +93,12 @@ def quantization_config(model_args: ModelArguments, lora_args: LoraArguments | N
     compute = getattr(torch, model_args.torch_dtype) if model_args.torch_dtype else torch.float32
     if not torch.cuda.is_available() and compute == torch.float16:
         compute = torch.float32  # fp16 matmuls are not implemented for the CPU path
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4" if qlora else "fp4",
-                              bnb_4bit_use_double_quant=qlora, bnb_4bit_compute_dtype=compute)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4" if qlora else "fp4",
+        bnb_4bit_use_double_quant=qlora,
+        bnb_4bit_compute_dtype=compute,
+    )
 
 
 def _device_map(model_args: ModelArguments, training_args: TrainingArguments | None, quantized: bool):
@@ -102,7 +112,9 @@ def _device_map(model_args: ModelArguments, training_args: TrainingArguments | N
 
 
 def _check_attention(name: str) -> None:
-    if name == "flash_attention_2" and (importlib.util.find_spec("flash_attn") is None or not torch.cuda.is_available()):
+    if name == "flash_attention_2" and (
+        importlib.util.find_spec("flash_attn") is None or not torch.cuda.is_available()
+    ):
         raise UserError(
             "--flash_attn / --attn_implementation flash_attention_2 needs the flash-attn package and a CUDA GPU; "
             "install it (pip install flash-attn --no-build-isolation) or use --attn_implementation sdpa."
@@ -119,8 +131,13 @@ def _rope_scaling(config, model_args: ModelArguments, max_length: int | None) ->
     if factor > 1.0:
         theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
         config.rope_parameters = {"rope_type": model_args.rope_scaling, "factor": factor, "rope_theta": theta}
-        logger.info("RoPE %s scaling, factor %.1f (%d tokens > context %d)", model_args.rope_scaling, factor,
-                    max_length, context)
+        logger.info(
+            "RoPE %s scaling, factor %.1f (%d tokens > context %d)",
+            model_args.rope_scaling,
+            factor,
+            max_length,
+            context,
+        )
     else:
         logger.info("--rope_scaling not needed: %d tokens fit the model's %d context", max_length, context)
 
@@ -141,9 +158,14 @@ def sync_special_tokens(model: PreTrainedModel, tokenizer) -> None:
             model.generation_config.eos_token_id = eos + [tokenizer.eos_token_id] if eos else tokenizer.eos_token_id
 
 
-def load_model(model_args: ModelArguments, lora_args: LoraArguments | None, tokenizer,
-               training_args: TrainingArguments | None = None, max_length: int | None = None,
-               task: str = "causal") -> PreTrainedModel:
+def load_model(
+    model_args: ModelArguments,
+    lora_args: LoraArguments | None,
+    tokenizer,
+    training_args: TrainingArguments | None = None,
+    max_length: int | None = None,
+    task: str = "causal",
+) -> PreTrainedModel:
     """Base model in its own dtype (never upcast to fp32), optionally quantized, with LoRA when use_peft."""
     path = model_args.model_name_or_path
     try:
@@ -158,19 +180,29 @@ def load_model(model_args: ModelArguments, lora_args: LoraArguments | None, toke
     dtype = getattr(torch, model_args.torch_dtype) if model_args.torch_dtype else "auto"
     try:
         model = model_class.from_pretrained(
-            path, config=config, dtype=dtype, attn_implementation=model_args.attn_implementation,
-            quantization_config=quantization, device_map=_device_map(model_args, training_args, quantization is not None),
-            **_hub_kwargs(model_args), **extra,
+            path,
+            config=config,
+            dtype=dtype,
+            attn_implementation=model_args.attn_implementation,
+            quantization_config=quantization,
+            device_map=_device_map(model_args, training_args, quantization is not None),
+            **_hub_kwargs(model_args),
+            **extra,
         )
     except (OSError, ValueError) as err:
         raise _cannot_load("model weights", path, err) from None
 
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        logger.info("resizing embeddings %d -> %d to match the tokenizer", model.get_input_embeddings().weight.shape[0],
-                    len(tokenizer))
+        logger.info(
+            "resizing embeddings %d -> %d to match the tokenizer",
+            model.get_input_embeddings().weight.shape[0],
+            len(tokenizer),
+        )
         model.resize_token_embeddings(len(tokenizer))
         if lora_args and lora_args.use_peft and not lora_args.modules_to_save:
-            logger.warning("the new embedding rows stay untrained under LoRA; add --modules_to_save embed_tokens,lm_head")
+            logger.warning(
+                "the new embedding rows stay untrained under LoRA; add --modules_to_save embed_tokens,lm_head"
+            )
     sync_special_tokens(model, tokenizer)
     checkpointing = training_args is not None and bool(
         getattr(training_args, "activation_checkpointing", False) or training_args.gradient_checkpointing
@@ -198,8 +230,11 @@ def add_lora(model: PreTrainedModel, lora_args: LoraArguments, task: str, quanti
         targets = [m.strip() for m in lora_args.target_modules.split(",") if m.strip()]
         modules_to_save = [m.strip() for m in (lora_args.modules_to_save or "").split(",") if m.strip()]
         config = LoraConfig(
-            r=lora_args.lora_rank, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout,
-            target_modules="all-linear" if targets == ["all"] else targets, modules_to_save=modules_to_save or None,
+            r=lora_args.lora_rank,
+            lora_alpha=lora_args.lora_alpha,
+            lora_dropout=lora_args.lora_dropout,
+            target_modules="all-linear" if targets == ["all"] else targets,
+            modules_to_save=modules_to_save or None,
             task_type=TaskType.SEQ_CLS if task == "reward" else TaskType.CAUSAL_LM,
             # Tied input/output embeddings must stay tied when one of them is trained in full (modules_to_save).
             ensure_weight_tying=bool(modules_to_save) and bool(getattr(model.config, "tie_word_embeddings", False)),

@@ -44,7 +44,7 @@ def plot_loss(log_history: list[dict], output_dir: str | Path) -> Path | None:
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for label, points in curves.items():
         if points:
-            steps, losses = zip(*points)
+            steps, losses = zip(*points, strict=True)
             axes.plot(steps, losses, marker="o" if len(points) < 30 else None, markersize=3, label=f"{label} loss")
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
@@ -58,7 +58,9 @@ def plot_loss(log_history: list[dict], output_dir: str | Path) -> Path | None:
     return path
 
 
-def save_outputs(trainer: Trainer, template=None, tool_format: str | None = None, train_metrics: dict | None = None) -> None:
+def save_outputs(
+    trainer: Trainer, template=None, tool_format: str | None = None, train_metrics: dict | None = None
+) -> None:
     """Save after training. save_model runs on every rank (ZeRO-3 gathers the weights collectively); the rest
     is written by the main process only."""
     output_dir = trainer.args.output_dir

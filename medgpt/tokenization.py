@@ -49,8 +49,9 @@ def encode_segments(tokenizer, segments: list[tuple[str, bool]]) -> tuple[list[i
     return ids, supervised, ends
 
 
-def encode_chat(tokenizer, template, messages: list[dict], tools: list | None, max_length: int,
-                train_on_inputs: bool = False) -> tuple[list[int], list[int]]:
+def encode_chat(
+    tokenizer, template, messages: list[dict], tools: list | None, max_length: int, train_on_inputs: bool = False
+) -> tuple[list[int], list[int]]:
     """input_ids and labels of one conversation, cut to max_length without ever training a false stop token.
 
     Too long: keep the complete turns that fit (each still ends with its real stop token). If not even the first
@@ -64,37 +65,64 @@ def encode_chat(tokenizer, template, messages: list[dict], tools: list | None, m
         ids, supervised = ids[:cut], supervised[:cut]
     if not any(supervised):
         return [], []
-    labels = list(ids) if train_on_inputs else [i if s else IGNORE_INDEX for i, s in zip(ids, supervised)]
+    labels = list(ids) if train_on_inputs else [i if s else IGNORE_INDEX for i, s in zip(ids, supervised, strict=True)]
     return ids, labels
 
 
 def _sft_batch(batch: dict, tokenizer, template, max_length: int, train_on_inputs: bool) -> dict:
     output: dict[str, list] = {"input_ids": [], "labels": []}
-    for messages, tools in zip(batch["messages"], batch["tools"]):
-        ids, labels = encode_chat(tokenizer, template, json.loads(messages), json.loads(tools) if tools else None,
-                                  max_length, train_on_inputs)
+    for messages, tools in zip(batch["messages"], batch["tools"], strict=True):
+        ids, labels = encode_chat(
+            tokenizer,
+            template,
+            json.loads(messages),
+            json.loads(tools) if tools else None,
+            max_length,
+            train_on_inputs,
+        )
         output["input_ids"].append(ids)
         output["labels"].append(labels)
     return output
 
 
-def tokenize_sft(dataset: Dataset, tokenizer, template, max_length: int, train_on_inputs: bool = False,
-                 num_proc: int | None = None, overwrite_cache: bool = False, what: str = "train") -> Dataset:
+def tokenize_sft(
+    dataset: Dataset,
+    tokenizer,
+    template,
+    max_length: int,
+    train_on_inputs: bool = False,
+    num_proc: int | None = None,
+    overwrite_cache: bool = False,
+    what: str = "train",
+) -> Dataset:
     tokenized = dataset.map(
         _sft_batch,
         batched=True,
         num_proc=num_proc,
         remove_columns=dataset.column_names,
         load_from_cache_file=not overwrite_cache,
-        fn_kwargs={"tokenizer": tokenizer, "template": template, "max_length": max_length,
-                   "train_on_inputs": train_on_inputs},
+        fn_kwargs={
+            "tokenizer": tokenizer,
+            "template": template,
+            "max_length": max_length,
+            "train_on_inputs": train_on_inputs,
+        },
         desc=f"Tokenizing {what}",
     )
-    kept = tokenized.filter(lambda ids: len(ids) > 0, input_columns="input_ids", num_proc=num_proc,
-                            desc=f"Dropping {what} rows with nothing to learn")
+    kept = tokenized.filter(
+        lambda ids: len(ids) > 0,
+        input_columns="input_ids",
+        num_proc=num_proc,
+        desc=f"Dropping {what} rows with nothing to learn",
+    )
     if len(kept) < len(tokenized):
-        logger.warning("%s: %d of %d rows dropped: their prompt alone reaches --model_max_length %d",
-                       what, len(tokenized) - len(kept), len(tokenized), max_length)
+        logger.warning(
+            "%s: %d of %d rows dropped: their prompt alone reaches --model_max_length %d",
+            what,
+            len(tokenized) - len(kept),
+            len(tokenized),
+            max_length,
+        )
     return kept
 
 
@@ -129,19 +157,37 @@ def _blocks(batch: dict, block_size: int, packing: bool) -> dict:
                 block_positions[i] = p - offset
         output["input_ids"].append(block)
         output["position_ids"].append(block_positions)
-        output["labels"].append([IGNORE_INDEX if p == 0 else t for t, p in zip(block, block_positions)])
+        output["labels"].append([IGNORE_INDEX if p == 0 else t for t, p in zip(block, block_positions, strict=True)])
     return output
 
 
-def tokenize_pretrain(dataset: Dataset, tokenizer, block_size: int, packing: bool, num_proc: int | None = None,
-                      overwrite_cache: bool = False, what: str = "train") -> Dataset:
-    tokenized = dataset.map(_text_batch, batched=True, num_proc=num_proc, remove_columns=dataset.column_names,
-                            load_from_cache_file=not overwrite_cache, fn_kwargs={"tokenizer": tokenizer},
-                            desc=f"Tokenizing {what}")
-    return tokenized.map(_blocks, batched=True, num_proc=num_proc, load_from_cache_file=not overwrite_cache,
-                         remove_columns=tokenized.column_names,
-                         fn_kwargs={"block_size": block_size, "packing": packing},
-                         desc=f"{'Packing' if packing else 'Chunking'} {what} into blocks of {block_size}")
+def tokenize_pretrain(
+    dataset: Dataset,
+    tokenizer,
+    block_size: int,
+    packing: bool,
+    num_proc: int | None = None,
+    overwrite_cache: bool = False,
+    what: str = "train",
+) -> Dataset:
+    tokenized = dataset.map(
+        _text_batch,
+        batched=True,
+        num_proc=num_proc,
+        remove_columns=dataset.column_names,
+        load_from_cache_file=not overwrite_cache,
+        fn_kwargs={"tokenizer": tokenizer},
+        desc=f"Tokenizing {what}",
+    )
+    return tokenized.map(
+        _blocks,
+        batched=True,
+        num_proc=num_proc,
+        load_from_cache_file=not overwrite_cache,
+        remove_columns=tokenized.column_names,
+        fn_kwargs={"block_size": block_size, "packing": packing},
+        desc=f"{'Packing' if packing else 'Chunking'} {what} into blocks of {block_size}",
+    )
 
 
 def pack_bins(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -183,8 +229,13 @@ def pack(dataset: Dataset, capacity: int, seed: int = 42) -> Dataset:
             yield row
 
     packed = Dataset.from_list(list(rows()))
-    logger.info("packed %d samples into %d rows of at most %d tokens (%.0f%% filled)",
-                len(lengths), len(packed), capacity, 100 * sum(lengths) / max(1, len(packed) * capacity))
+    logger.info(
+        "packed %d samples into %d rows of at most %d tokens (%.0f%% filled)",
+        len(lengths),
+        len(packed),
+        capacity,
+        100 * sum(lengths) / max(1, len(packed) * capacity),
+    )
     return packed
 
 

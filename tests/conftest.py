@@ -6,8 +6,12 @@ import tempfile
 # Datasets built by the tests go to a throw-away cache, not the user's ~/.cache.
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="medgpt-test-datasets-"))
 os.environ.update(
-    HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRL_EXPERIMENTAL_SILENCE="1", TOKENIZERS_PARALLELISM="false",
-    WANDB_DISABLED="true", OMP_NUM_THREADS="1",
+    HF_HUB_OFFLINE="1",
+    HF_DATASETS_OFFLINE="1",
+    TRL_EXPERIMENTAL_SILENCE="1",
+    TOKENIZERS_PARALLELISM="false",
+    WANDB_DISABLED="true",
+    OMP_NUM_THREADS="1",
 )
 if os.environ.get("MEDGPT_TEST_GPU") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the default suite is CPU-only; MEDGPT_TEST_GPU=1 runs gpu tests

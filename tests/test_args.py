@@ -15,8 +15,9 @@ TYPES = (args.ModelArguments, args.LoraArguments, args.DataArguments, TrainingAr
 
 def test_yaml_config_with_cli_override(tmp_path):
     config = tmp_path / "sft.yaml"
-    config.write_text("model_name_or_path: m\nlora_rank: 4\nlearning_rate: 0.001\nreport_to: [none]\n"
-                      "output_dir: out\n")
+    config.write_text(
+        "model_name_or_path: m\nlora_rank: 4\nlearning_rate: 0.001\nreport_to: [none]\noutput_dir: out\n"
+    )
     model_args, lora_args, _, training_args = args.parse(TYPES, ["--config", str(config), "--lora_rank", "16"])
     assert model_args.model_name_or_path == "m"
     assert lora_args.lora_rank == 16, "the CLI flag wins over the file"
@@ -59,15 +60,21 @@ def test_check_args_reports_every_problem_at_once(tmp_path):
     with pytest.raises(UserError) as err:
         args.check_args(model_args, lora_args, data_args, TrainingArguments(output_dir=str(tmp_path), use_cpu=True))
     message = str(err.value)
-    for text in ("--model_name_or_path is required", "exclude each other", "cannot be fully fine-tuned",
-                 "--peft_path", "is not a directory"):
+    for text in (
+        "--model_name_or_path is required",
+        "exclude each other",
+        "cannot be fully fine-tuned",
+        "--peft_path",
+        "is not a directory",
+    ):
         assert text in message
 
 
 def test_neft_alpha_turns_on_neftune(tmp_path):
     training_args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True)
-    args.check_args(args.ModelArguments(model_name_or_path="m", neft_alpha=5), args.LoraArguments(), None,
-                    training_args)
+    args.check_args(
+        args.ModelArguments(model_name_or_path="m", neft_alpha=5), args.LoraArguments(), None, training_args
+    )
     assert training_args.neftune_noise_alpha == 5
 
 
@@ -97,12 +104,40 @@ def test_help_works_for_every_script(script, capsys):
 
 
 def test_medicalgpt_flag_names_are_kept():
-    flags = {f for cls in (args.ModelArguments, args.LoraArguments, args.DataArguments, args.ChatArguments)
-             for f in args.dataclass_flags(cls)}
-    for name in ("model_name_or_path", "tokenizer_name_or_path", "train_file_dir", "validation_file_dir",
-                 "dataset_name", "template_name", "use_peft", "target_modules", "lora_rank", "lora_alpha",
-                 "lora_dropout", "modules_to_save", "peft_path", "load_in_4bit", "load_in_8bit", "qlora",
-                 "max_train_samples", "max_eval_samples", "validation_split_percentage", "preprocessing_num_workers",
-                 "torch_dtype", "device_map", "trust_remote_code", "flash_attn", "neft_alpha", "rope_scaling",
-                 "tool_format", "cache_dir", "overwrite_cache"):
+    flags = {
+        f
+        for cls in (args.ModelArguments, args.LoraArguments, args.DataArguments, args.ChatArguments)
+        for f in args.dataclass_flags(cls)
+    }
+    for name in (
+        "model_name_or_path",
+        "tokenizer_name_or_path",
+        "train_file_dir",
+        "validation_file_dir",
+        "dataset_name",
+        "template_name",
+        "use_peft",
+        "target_modules",
+        "lora_rank",
+        "lora_alpha",
+        "lora_dropout",
+        "modules_to_save",
+        "peft_path",
+        "load_in_4bit",
+        "load_in_8bit",
+        "qlora",
+        "max_train_samples",
+        "max_eval_samples",
+        "validation_split_percentage",
+        "preprocessing_num_workers",
+        "torch_dtype",
+        "device_map",
+        "trust_remote_code",
+        "flash_attn",
+        "neft_alpha",
+        "rope_scaling",
+        "tool_format",
+        "cache_dir",
+        "overwrite_cache",
+    ):
         assert f"--{name}" in flags, name

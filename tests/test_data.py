@@ -33,8 +33,15 @@ def test_sharegpt_roles_system_and_tool_calls():
 
 
 def test_alpaca_with_history_and_system():
-    messages = messages_of({"instruction": "Dose?", "input": "Ibuprofen", "output": "200 mg.", "system": "Be brief.",
-                            "history": [["Hi", "Hello."]]})
+    messages = messages_of(
+        {
+            "instruction": "Dose?",
+            "input": "Ibuprofen",
+            "output": "200 mg.",
+            "system": "Be brief.",
+            "history": [["Hi", "Hello."]],
+        }
+    )
     assert messages == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Hi"},
@@ -45,44 +52,72 @@ def test_alpaca_with_history_and_system():
 
 
 def test_openai_messages_with_tool_calls():
-    messages = messages_of({"messages": [
-        {"role": "user", "content": "Weather?"},
-        {"role": "assistant", "content": None,
-         "tool_calls": [{"type": "function", "function": {"name": "w", "arguments": '{"c": 1}'}}]},
-        {"role": "tool", "content": "sunny"},
-        {"role": "assistant", "content": "Sunny."},
-    ]})
-    assert messages[1] == {"role": "assistant", "content": "",
-                           "tool_calls": [{"type": "function", "function": {"name": "w", "arguments": {"c": 1}}}]}
+    messages = messages_of(
+        {
+            "messages": [
+                {"role": "user", "content": "Weather?"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"type": "function", "function": {"name": "w", "arguments": '{"c": 1}'}}],
+                },
+                {"role": "tool", "content": "sunny"},
+                {"role": "assistant", "content": "Sunny."},
+            ]
+        }
+    )
+    assert messages[1] == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"type": "function", "function": {"name": "w", "arguments": {"c": 1}}}],
+    }
 
 
 def test_unanswered_question_rows_are_skipped_and_counted(tmp_path, caplog):
     write_jsonl(tmp_path / "d" / "a.jsonl", [GOOD, {"conversations": [{"from": "human", "value": "alone"}]}])
     with caplog.at_level("INFO"):
-        splits = load_datasets(DataArguments(train_file_dir=str(tmp_path / "d"), validation_split_percentage=0), "chat")
+        splits = load_datasets(
+            DataArguments(train_file_dir=str(tmp_path / "d"), validation_split_percentage=0), "chat"
+        )
     assert len(splits["train"]) == 1
     assert "skipped 1 rows: conversation without any answer" in caplog.text
 
 
 def test_trailing_question_is_dropped_and_counted():
     report = ReadReport()
-    row = {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"},
-                             {"from": "human", "value": "c"}]}
+    row = {
+        "conversations": [
+            {"from": "human", "value": "a"},
+            {"from": "gpt", "value": "b"},
+            {"from": "human", "value": "c"},
+        ]
+    }
     messages = json.loads(normalize_chat(row, report)["messages"])
     assert [m["content"] for m in messages] == ["a", "b"]
     assert sum(report.notes.values()) == 1
 
 
-@pytest.mark.parametrize("row, field_text", [
-    ({"conversations": [{"from": "doctor", "value": "a"}]}, "unknown role 'doctor'"),
-    ({"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"},
-                        {"from": "gpt", "value": "c"}]}, "'user' turn cannot follow"),
-    ({"conversations": [{"from": "gpt", "value": "a"}]}, "cannot follow the start"),
-    ({"conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "b"}]}, "expected a string"),
-    ({"instruction": "x"}, "'output'"),
-    ({"question": "x"}, "unknown chat format"),
-    ({"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]}, "cannot follow"),
-])
+@pytest.mark.parametrize(
+    "row, field_text",
+    [
+        ({"conversations": [{"from": "doctor", "value": "a"}]}, "unknown role 'doctor'"),
+        (
+            {
+                "conversations": [
+                    {"from": "human", "value": "a"},
+                    {"from": "human", "value": "b"},
+                    {"from": "gpt", "value": "c"},
+                ]
+            },
+            "'user' turn cannot follow",
+        ),
+        ({"conversations": [{"from": "gpt", "value": "a"}]}, "cannot follow the start"),
+        ({"conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "b"}]}, "expected a string"),
+        ({"instruction": "x"}, "'output'"),
+        ({"question": "x"}, "unknown chat format"),
+        ({"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]}, "cannot follow"),
+    ],
+)
 def test_bad_rows_are_rejected_with_the_field(row, field_text):
     with pytest.raises(RowError, match=field_text):
         normalize_chat(row, ReadReport())
@@ -91,13 +126,20 @@ def test_bad_rows_are_rejected_with_the_field(row, field_text):
 GOOD = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
 
 
-@pytest.mark.parametrize("lines, where, text", [
-    ([GOOD, '{"conversations": [', GOOD], ":2:", "invalid JSON"),
-    ([GOOD, GOOD, {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt"}]}], ":3:", '"value"'),
-    ([GOOD, {"conversations": [{"from": "robot", "value": "q"}]}], ":2:", "unknown role 'robot'"),
-    ([{"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]}], ":1:", "cannot follow"),
-    ([{"conversations": [{"from": "human"}]}], ":1:", '"from" and "value"'),
-])
+@pytest.mark.parametrize(
+    "lines, where, text",
+    [
+        ([GOOD, '{"conversations": [', GOOD], ":2:", "invalid JSON"),
+        ([GOOD, GOOD, {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt"}]}], ":3:", '"value"'),
+        ([GOOD, {"conversations": [{"from": "robot", "value": "q"}]}], ":2:", "unknown role 'robot'"),
+        (
+            [{"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]}],
+            ":1:",
+            "cannot follow",
+        ),
+        ([{"conversations": [{"from": "human"}]}], ":1:", '"from" and "value"'),
+    ],
+)
 def test_file_errors_name_file_and_line(tmp_path, lines, where, text):
     path = write_jsonl(tmp_path / "train" / "bad.jsonl", lines)
     with pytest.raises(UserError) as err:
@@ -116,7 +158,9 @@ def test_empty_file_and_empty_folder(tmp_path):
 
 
 def test_skip_bad_rows_counts_them(tmp_path, caplog):
-    write_jsonl(tmp_path / "train" / "a.jsonl", [GOOD, "{oops", {"conversations": [{"from": "x", "value": "y"}]}, GOOD])
+    write_jsonl(
+        tmp_path / "train" / "a.jsonl", [GOOD, "{oops", {"conversations": [{"from": "x", "value": "y"}]}, GOOD]
+    )
     args = DataArguments(train_file_dir=str(tmp_path / "train"), skip_bad_rows=True, validation_split_percentage=0)
     with caplog.at_level("INFO"):
         splits = load_datasets(args, "chat")
@@ -127,8 +171,9 @@ def test_skip_bad_rows_counts_them(tmp_path, caplog):
 def test_recursive_folders_json_arrays_and_mixed_formats(tmp_path):
     write_jsonl(tmp_path / "d" / "a.jsonl", [GOOD])
     write_jsonl(tmp_path / "d" / "sub" / "b.jsonl", [{"instruction": "i", "output": "o"}])
-    (tmp_path / "d" / "sub" / "c.json").write_text(json.dumps([{"messages": [
-        {"role": "user", "content": "u"}, {"role": "assistant", "content": "v"}]}]))
+    (tmp_path / "d" / "sub" / "c.json").write_text(
+        json.dumps([{"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "v"}]}])
+    )
     splits = load_datasets(DataArguments(train_file_dir=str(tmp_path / "d"), validation_split_percentage=0), "chat")
     assert len(splits["train"]) == 3 and "validation" not in splits
 
@@ -142,8 +187,9 @@ def test_validation_split_is_never_empty(tmp_path):
 def test_validation_dir_is_used(tmp_path):
     write_jsonl(tmp_path / "t" / "a.jsonl", [GOOD] * 3)
     write_jsonl(tmp_path / "v" / "a.jsonl", [GOOD] * 2)
-    splits = load_datasets(DataArguments(train_file_dir=str(tmp_path / "t"), validation_file_dir=str(tmp_path / "v")),
-                           "chat")
+    splits = load_datasets(
+        DataArguments(train_file_dir=str(tmp_path / "t"), validation_file_dir=str(tmp_path / "v")), "chat"
+    )
     assert (len(splits["train"]), len(splits["validation"])) == (3, 2)
 
 
@@ -153,8 +199,9 @@ def test_pretraining_text_files(tmp_path):
     write_jsonl(tmp_path / "d" / "b.jsonl", [{"text": "third doc"}])
     splits = load_datasets(DataArguments(train_file_dir=str(tmp_path / "d"), validation_split_percentage=0), "text")
     assert sorted(splits["train"]["text"]) == ["first doc\n", "second doc\n", "third doc"]
-    no_breaks = load_datasets(DataArguments(train_file_dir=str(tmp_path / "d"), validation_split_percentage=0), "text",
-                              keep_linebreaks=False)
+    no_breaks = load_datasets(
+        DataArguments(train_file_dir=str(tmp_path / "d"), validation_split_percentage=0), "text", keep_linebreaks=False
+    )
     assert "first doc" in no_breaks["train"]["text"]
     write_jsonl(tmp_path / "d" / "c.jsonl", [{"content": "x"}])
     with pytest.raises(UserError, match=r"c\.jsonl:1: field 'text'"):
@@ -177,8 +224,9 @@ def test_medicalgpt_sample_data_loads(reference_data):
     assert len(splits["train"]) >= 2200  # 1000 medical + ~1000 multi-turn + 300 tool-call rows, none rejected
     tool_rows = [m for m in splits["train"]["messages"] if '"tool_calls"' in m]
     assert tool_rows
-    text = load_datasets(DataArguments(train_file_dir=str(reference_data / "pretrain"),
-                                       validation_split_percentage=0), "text")
+    text = load_datasets(
+        DataArguments(train_file_dir=str(reference_data / "pretrain"), validation_split_percentage=0), "text"
+    )
     assert len(text["train"]) > 1000
 
 

@@ -23,7 +23,7 @@ def script_flags(path: Path, script_name: str) -> list[str]:
     text = path.read_text().replace("\\\n", " ")
     command = next(line for line in text.splitlines() if script_name in line)
     tokens = shlex.split(re.sub(r'"\$\{?(\w+)\}?"', r"\1_VALUE", command))
-    flags = tokens[tokens.index(script_name) + 1:]
+    flags = tokens[tokens.index(script_name) + 1 :]
     return [t for t in flags if t != "$@"]
 
 
@@ -42,8 +42,12 @@ def test_run_script_flags_parse(run_script, tmp_path):
 @pytest.mark.parametrize("config", ["zero2.json", "zero3.json"])
 def test_deepspeed_configs_leave_batch_sizes_and_precision_to_the_trainer(config):
     ds = json.loads((ROOT / config).read_text())
-    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-                "gradient_clipping"):
+    for key in (
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "gradient_clipping",
+    ):
         assert ds[key] == "auto", key
     assert ds["bf16"]["enabled"] == "auto" and ds["fp16"]["enabled"] == "auto"
     assert "optimizer" not in ds and "scheduler" not in ds, "the Trainer's --lr_scheduler_type must apply"
@@ -59,15 +63,46 @@ def test_deepspeed_single_process_sft_on_cpu(config, tiny_model_dir, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(port)}
+    env = {
+        **os.environ,
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "supervised_finetuning.py", "--model_name_or_path", str(tiny_model_dir), "--train_file_dir",
-         str(ROOT / "data" / "sft"), "--template_name", "chatml", "--output_dir", str(out), "--max_steps", "2",
-         "--per_device_train_batch_size", "2", "--report_to", "none", "--save_strategy", "no",
-         "--validation_split_percentage", "0", "--deepspeed", config],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "supervised_finetuning.py",
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--train_file_dir",
+            str(ROOT / "data" / "sft"),
+            "--template_name",
+            "chatml",
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "2",
+            "--report_to",
+            "none",
+            "--save_strategy",
+            "no",
+            "--validation_split_percentage",
+            "0",
+            "--deepspeed",
+            config,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "adapter_model.safetensors").is_file()
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2

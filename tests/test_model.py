@@ -56,8 +56,11 @@ def test_embeddings_grow_with_the_tokenizer(tiny_model_dir, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     tokenizer.add_tokens(["高血压", "metformin"])
     tokenizer.save_pretrained(tmp_path / "tok")
-    grown, lm = load(tiny_model_dir, LoraArguments(modules_to_save="embed_tokens,lm_head"),
-                     tokenizer_name_or_path=str(tmp_path / "tok"))
+    grown, lm = load(
+        tiny_model_dir,
+        LoraArguments(modules_to_save="embed_tokens,lm_head"),
+        tokenizer_name_or_path=str(tmp_path / "tok"),
+    )
     assert lm.get_input_embeddings().weight.shape[0] == len(grown) == 602
 
 
@@ -102,15 +105,17 @@ def test_missing_model_is_a_clear_error(tmp_path):
 
 def test_unknown_template_lists_choices(tiny_model_dir):
     with pytest.raises(UserError, match="Choose one of: .*qwen2.5"):
-        model.load_chat_tokenizer(ModelArguments(model_name_or_path=str(tiny_model_dir)),
-                                  ChatArguments(template_name="qwen9"))
+        model.load_chat_tokenizer(
+            ModelArguments(model_name_or_path=str(tiny_model_dir)), ChatArguments(template_name="qwen9")
+        )
 
 
 def test_named_template_becomes_the_tokenizer_chat_template(tiny_model_dir):
     from template import get_template
 
-    tokenizer, template = model.load_chat_tokenizer(ModelArguments(model_name_or_path=str(tiny_model_dir)),
-                                                    ChatArguments(template_name="llama3"))
+    tokenizer, template = model.load_chat_tokenizer(
+        ModelArguments(model_name_or_path=str(tiny_model_dir)), ChatArguments(template_name="llama3")
+    )
     assert tokenizer.chat_template == get_template("llama3").to_jinja() and template.name == "llama3"
 
 
@@ -159,6 +164,13 @@ def test_hub_flags_reach_from_pretrained(tiny_model_dir, monkeypatch):
         return original(cls, path)
 
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", classmethod(spy))
-    model.load_tokenizer(ModelArguments(model_name_or_path=str(tiny_model_dir), cache_dir="/tmp/c",
-                                        model_revision="v2", hf_hub_token="secret", trust_remote_code=True))
+    model.load_tokenizer(
+        ModelArguments(
+            model_name_or_path=str(tiny_model_dir),
+            cache_dir="/tmp/c",
+            model_revision="v2",
+            hf_hub_token="secret",
+            trust_remote_code=True,
+        )
+    )
     assert seen[0] == {"cache_dir": "/tmp/c", "revision": "v2", "token": "secret", "trust_remote_code": True}

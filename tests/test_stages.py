@@ -21,24 +21,61 @@ from medgpt.errors import UserError
 from template import get_template
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--logging_steps", "1",
-        "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "True"]
+FAST = [
+    "--per_device_train_batch_size",
+    "2",
+    "--learning_rate",
+    "1e-3",
+    "--logging_steps",
+    "1",
+    "--save_strategy",
+    "no",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "True",
+]
 
 
 @pytest.fixture(scope="module")
 def sft_dir(tiny_model_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sft") / "out"
-    supervised_finetuning.main([
-        "--model_name_or_path", str(tiny_model_dir), "--train_file_dir", str(ROOT / "data" / "sft"),
-        "--template_name", "qwen2.5", "--output_dir", str(out), "--max_steps", "3", "--do_eval",
-        "--validation_split_percentage", "20", "--model_max_length", "256", *FAST, "--report_to", "tensorboard",
-    ])
+    supervised_finetuning.main(
+        [
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--train_file_dir",
+            str(ROOT / "data" / "sft"),
+            "--template_name",
+            "qwen2.5",
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "3",
+            "--do_eval",
+            "--validation_split_percentage",
+            "20",
+            "--model_max_length",
+            "256",
+            *FAST,
+            "--report_to",
+            "tensorboard",
+        ]
+    )
     return out
 
 
 def test_sft_writes_every_artifact(sft_dir):
-    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json", "template_config.json",
-                 "trainer_state.json", "train_results.json", "eval_results.json", "training_loss.png"):
+    for name in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer_config.json",
+        "template_config.json",
+        "trainer_state.json",
+        "train_results.json",
+        "eval_results.json",
+        "training_loss.png",
+    ):
         assert (sft_dir / name).is_file(), name
     assert list(sft_dir.glob("runs/**/events.out.tfevents.*")), "TensorBoard event files"
     assert json.loads((sft_dir / "template_config.json").read_text())["template_name"] == "qwen2.5"
@@ -49,45 +86,118 @@ def test_sft_writes_every_artifact(sft_dir):
 
 def test_pretraining_lora_and_full(tiny_model_dir, tmp_path):
     out = tmp_path / "pt"
-    trainer = pretraining.main(["--model_name_or_path", str(tiny_model_dir), "--train_file_dir",
-                                str(ROOT / "data" / "pretrain"), "--block_size", "64", "--output_dir", str(out),
-                                "--max_steps", "2", "--validation_split_percentage", "0", *FAST])
+    trainer = pretraining.main(
+        [
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--train_file_dir",
+            str(ROOT / "data" / "pretrain"),
+            "--block_size",
+            "64",
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--validation_split_percentage",
+            "0",
+            *FAST,
+        ]
+    )
     assert (out / "adapter_model.safetensors").is_file() and not (out / "template_config.json").exists()
     assert "position_ids" in trainer.train_dataset.column_names  # packed by default
     full = tmp_path / "pt-full"
-    pretraining.main(["--model_name_or_path", str(tiny_model_dir), "--train_file_dir", str(ROOT / "data" / "pretrain"),
-                      "--block_size", "64", "--output_dir", str(full), "--max_steps", "1", "--use_peft", "False",
-                      "--packing", "False", "--validation_split_percentage", "0", *FAST])
+    pretraining.main(
+        [
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--train_file_dir",
+            str(ROOT / "data" / "pretrain"),
+            "--block_size",
+            "64",
+            "--output_dir",
+            str(full),
+            "--max_steps",
+            "1",
+            "--use_peft",
+            "False",
+            "--packing",
+            "False",
+            "--validation_split_percentage",
+            "0",
+            *FAST,
+        ]
+    )
     assert (full / "model.safetensors").is_file()
 
 
 def test_sft_learns(tiny_model_dir, tmp_path):
     """A handful of rows, many steps (full fine-tuning): the training loss falls clearly."""
-    rows = [{"conversations": [{"from": "human", "value": f"Question {i}: what helps a fever?"},
-                               {"from": "gpt", "value": "Rest, drink water and see a doctor if it lasts."}]}
-            for i in range(6)]
+    rows = [
+        {
+            "conversations": [
+                {"from": "human", "value": f"Question {i}: what helps a fever?"},
+                {"from": "gpt", "value": "Rest, drink water and see a doctor if it lasts."},
+            ]
+        }
+        for i in range(6)
+    ]
     write_jsonl(tmp_path / "data" / "train.jsonl", rows)
-    trainer = supervised_finetuning.main([
-        "--model_name_or_path", str(tiny_model_dir), "--train_file_dir", str(tmp_path / "data"),
-        "--template_name", "chatml", "--output_dir", str(tmp_path / "out"), "--max_steps", "30",
-        "--validation_split_percentage", "0", "--use_peft", "False", *FAST, "--learning_rate", "1e-2"])
+    trainer = supervised_finetuning.main(
+        [
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--train_file_dir",
+            str(tmp_path / "data"),
+            "--template_name",
+            "chatml",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_steps",
+            "30",
+            "--validation_split_percentage",
+            "0",
+            "--use_peft",
+            "False",
+            *FAST,
+            "--learning_rate",
+            "1e-2",
+        ]
+    )
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert losses[-1] < 0.4 * losses[0], losses
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
 def test_packed_sft_trains(tiny_model_dir, tmp_path):
-    trainer = supervised_finetuning.main([
-        "--model_name_or_path", str(tiny_model_dir), "--train_file_dir", str(ROOT / "data" / "sft"),
-        "--template_name", "chatml", "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--packing", "True",
-        "--validation_split_percentage", "0", "--model_max_length", "512", *FAST])
+    trainer = supervised_finetuning.main(
+        [
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--train_file_dir",
+            str(ROOT / "data" / "sft"),
+            "--template_name",
+            "chatml",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_steps",
+            "2",
+            "--packing",
+            "True",
+            "--validation_split_percentage",
+            "0",
+            "--model_max_length",
+            "512",
+            *FAST,
+        ]
+    )
     assert len(trainer.train_dataset) < 24 and "position_ids" in trainer.train_dataset.column_names
 
 
 def test_merge_equals_adapter_and_refuses_to_overwrite(tiny_model_dir, sft_dir, tmp_path, capsys):
     out = tmp_path / "merged"
-    merge_peft_adapter.main(["--base_model", str(tiny_model_dir), "--lora_model", str(sft_dir),
-                             "--output_dir", str(out)])
+    merge_peft_adapter.main(
+        ["--base_model", str(tiny_model_dir), "--lora_model", str(sft_dir), "--output_dir", str(out)]
+    )
     assert "merge check: max |merged - adapter| logit difference" in capsys.readouterr().out
     assert json.loads((out / "template_config.json").read_text())["template_name"] == "qwen2.5"
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
@@ -97,10 +207,23 @@ def test_merge_equals_adapter_and_refuses_to_overwrite(tiny_model_dir, sft_dir, 
         assert torch.allclose(merged(ids).logits, adapter(ids).logits, atol=1e-5)
     assert AutoTokenizer.from_pretrained(out).chat_template == get_template("qwen2.5").to_jinja()
     with pytest.raises(UserError, match="not empty"):
-        merge_peft_adapter.main(["--base_model", str(tiny_model_dir), "--lora_model", str(sft_dir),
-                                 "--output_dir", str(out)])
-    merge_peft_adapter.main(["--base_model", str(tiny_model_dir), "--lora_model", str(sft_dir),
-                             "--output_dir", str(out), "--overwrite", "True", "--dtype", "bfloat16"])
+        merge_peft_adapter.main(
+            ["--base_model", str(tiny_model_dir), "--lora_model", str(sft_dir), "--output_dir", str(out)]
+        )
+    merge_peft_adapter.main(
+        [
+            "--base_model",
+            str(tiny_model_dir),
+            "--lora_model",
+            str(sft_dir),
+            "--output_dir",
+            str(out),
+            "--overwrite",
+            "True",
+            "--dtype",
+            "bfloat16",
+        ]
+    )
     assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.bfloat16
 
 
@@ -118,17 +241,33 @@ def test_merge_fails_loudly_on_the_wrong_base(tiny_model_dir, sft_dir, tmp_path)
 
         weights = load_file(bad / "adapter_model.safetensors")
         save_file({k: v * float("nan") for k, v in weights.items()}, bad / "adapter_model.safetensors")
-        merge_peft_adapter.main(["--base_model", str(other), "--lora_model", str(bad),
-                                 "--output_dir", str(tmp_path / "merged")])
+        merge_peft_adapter.main(
+            ["--base_model", str(other), "--lora_model", str(bad), "--output_dir", str(tmp_path / "merged")]
+        )
     assert not (tmp_path / "merged").exists(), "nothing half-written"
 
 
 def test_inference_batch_with_adapter(tiny_model_dir, sft_dir, tmp_path):
     questions = tmp_path / "q.txt"
     questions.write_text("What helps a fever?\n发烧怎么办？\n\nIs 140/90 high?\n")
-    out = inference.main(["--base_model", str(tiny_model_dir), "--lora_model", str(sft_dir), "--data_file",
-                          str(questions), "--output_file", str(tmp_path / "answers.jsonl"), "--max_new_tokens", "8",
-                          "--temperature", "0", "--eval_batch_size", "2"])
+    out = inference.main(
+        [
+            "--base_model",
+            str(tiny_model_dir),
+            "--lora_model",
+            str(sft_dir),
+            "--data_file",
+            str(questions),
+            "--output_file",
+            str(tmp_path / "answers.jsonl"),
+            "--max_new_tokens",
+            "8",
+            "--temperature",
+            "0",
+            "--eval_batch_size",
+            "2",
+        ]
+    )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["Input"] for r in rows] == ["What helps a fever?", "发烧怎么办？", "Is 140/90 high?"]
     assert all(isinstance(r["Output"], str) for r in rows)
@@ -138,9 +277,24 @@ def test_inference_is_reproducible_with_a_seed(tiny_model_dir, tmp_path):
     (tmp_path / "q.jsonl").write_text(json.dumps({"instruction": "Fever?"}) + "\n")
     outputs = []
     for run in range(2):
-        out = inference.main(["--base_model", str(tiny_model_dir), "--data_file", str(tmp_path / "q.jsonl"),
-                              "--output_file", str(tmp_path / f"a{run}.jsonl"), "--max_new_tokens", "12",
-                              "--temperature", "1.0", "--seed", "7", "--template_name", "chatml"])
+        out = inference.main(
+            [
+                "--base_model",
+                str(tiny_model_dir),
+                "--data_file",
+                str(tmp_path / "q.jsonl"),
+                "--output_file",
+                str(tmp_path / f"a{run}.jsonl"),
+                "--max_new_tokens",
+                "12",
+                "--temperature",
+                "1.0",
+                "--seed",
+                "7",
+                "--template_name",
+                "chatml",
+            ]
+        )
         outputs.append(out.read_text())
     assert outputs[0] == outputs[1]
 
@@ -155,8 +309,21 @@ def test_interactive_chat_keeps_correct_history(tiny_model_dir, sft_dir, monkeyp
         return original(lm, tokenizer, template, messages, gen_kwargs, stream)
 
     monkeypatch.setattr(inference, "answer", spy)
-    history = inference.main(["--base_model", str(tiny_model_dir), "--lora_model", str(sft_dir), "--interactive",
-                              "--max_new_tokens", "5", "--temperature", "0", "--system_prompt", "Be brief."])
+    history = inference.main(
+        [
+            "--base_model",
+            str(tiny_model_dir),
+            "--lora_model",
+            str(sft_dir),
+            "--interactive",
+            "--max_new_tokens",
+            "5",
+            "--temperature",
+            "0",
+            "--system_prompt",
+            "Be brief.",
+        ]
+    )
     assert [m["content"] for m in prompts[1][:3]] == ["Be brief.", "first question", prompts[1][2]["content"]]
     assert prompts[1][3] == {"role": "user", "content": "second question"}
     assert [m["content"] for m in prompts[2]] == ["Be brief.", "third"], "clear forgets the conversation"
@@ -165,21 +332,47 @@ def test_interactive_chat_keeps_correct_history(tiny_model_dir, sft_dir, monkeyp
 
 
 def test_bad_data_leaves_no_output(tiny_model_dir, tmp_path):
-    write_jsonl(tmp_path / "data" / "train.jsonl", [
-        {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}, "{not json"])
+    write_jsonl(
+        tmp_path / "data" / "train.jsonl",
+        [{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}, "{not json"],
+    )
     out = tmp_path / "out"
     with pytest.raises(UserError, match=r"train\.jsonl:2: .*invalid JSON"):
-        supervised_finetuning.main(["--model_name_or_path", str(tiny_model_dir), "--train_file_dir",
-                                    str(tmp_path / "data"), "--output_dir", str(out), "--template_name", "chatml"])
+        supervised_finetuning.main(
+            [
+                "--model_name_or_path",
+                str(tiny_model_dir),
+                "--train_file_dir",
+                str(tmp_path / "data"),
+                "--output_dir",
+                str(out),
+                "--template_name",
+                "chatml",
+            ]
+        )
     assert not out.exists()
 
 
 def test_cli_error_is_one_paragraph_and_exit_code_2(tiny_model_dir, tmp_path):
     write_jsonl(tmp_path / "data" / "train.jsonl", [{"conversations": [{"from": "nurse", "value": "q"}]}])
     result = subprocess.run(
-        [sys.executable, "supervised_finetuning.py", "--model_name_or_path", str(tiny_model_dir), "--train_file_dir",
-         str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"), "--template_name", "chatml"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "supervised_finetuning.py",
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--train_file_dir",
+            str(tmp_path / "data"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--template_name",
+            "chatml",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "train.jsonl:1: field 'conversations[0].from': unknown role 'nurse'" in result.stderr
@@ -189,41 +382,130 @@ def test_cli_error_is_one_paragraph_and_exit_code_2(tiny_model_dir, tmp_path):
 def test_medicalgpt_sft_command_line(tiny_model_dir, reference_data, tmp_path):
     """MedicalGPT's run_sft.sh flags (minus the dead --flash_attn) on its own sample data: trains, merges, chats."""
     out = tmp_path / "outputs-sft-qwen-v1"
-    trainer = supervised_finetuning.main([
-        "--model_name_or_path", str(tiny_model_dir), "--train_file_dir", str(reference_data / "sft"),
-        "--validation_file_dir", str(reference_data / "sft"), "--per_device_train_batch_size", "2",
-        "--per_device_eval_batch_size", "1", "--do_train", "--do_eval", "--use_peft", "True",
-        "--max_train_samples", "16", "--max_eval_samples", "4", "--model_max_length", "256",
-        "--num_train_epochs", "1", "--learning_rate", "2e-5", "--warmup_steps", "5", "--weight_decay", "0.05",
-        "--logging_strategy", "steps", "--logging_steps", "10", "--eval_steps", "50", "--eval_strategy", "steps",
-        "--save_steps", "500", "--save_strategy", "steps", "--save_total_limit", "13",
-        "--gradient_accumulation_steps", "2", "--preprocessing_num_workers", "1", "--output_dir", str(out),
-        "--ddp_timeout", "30000", "--logging_first_step", "True", "--target_modules", "all", "--lora_rank", "8",
-        "--lora_alpha", "16", "--lora_dropout", "0.05", "--torch_dtype", "bfloat16", "--bf16",
-        "--report_to", "tensorboard", "--ddp_find_unused_parameters", "False", "--gradient_checkpointing", "True",
-        "--tool_format", "default", "--cache_dir", str(tmp_path / "cache"),
-    ])
+    trainer = supervised_finetuning.main(
+        [
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--train_file_dir",
+            str(reference_data / "sft"),
+            "--validation_file_dir",
+            str(reference_data / "sft"),
+            "--per_device_train_batch_size",
+            "2",
+            "--per_device_eval_batch_size",
+            "1",
+            "--do_train",
+            "--do_eval",
+            "--use_peft",
+            "True",
+            "--max_train_samples",
+            "16",
+            "--max_eval_samples",
+            "4",
+            "--model_max_length",
+            "256",
+            "--num_train_epochs",
+            "1",
+            "--learning_rate",
+            "2e-5",
+            "--warmup_steps",
+            "5",
+            "--weight_decay",
+            "0.05",
+            "--logging_strategy",
+            "steps",
+            "--logging_steps",
+            "10",
+            "--eval_steps",
+            "50",
+            "--eval_strategy",
+            "steps",
+            "--save_steps",
+            "500",
+            "--save_strategy",
+            "steps",
+            "--save_total_limit",
+            "13",
+            "--gradient_accumulation_steps",
+            "2",
+            "--preprocessing_num_workers",
+            "1",
+            "--output_dir",
+            str(out),
+            "--ddp_timeout",
+            "30000",
+            "--logging_first_step",
+            "True",
+            "--target_modules",
+            "all",
+            "--lora_rank",
+            "8",
+            "--lora_alpha",
+            "16",
+            "--lora_dropout",
+            "0.05",
+            "--torch_dtype",
+            "bfloat16",
+            "--bf16",
+            "--report_to",
+            "tensorboard",
+            "--ddp_find_unused_parameters",
+            "False",
+            "--gradient_checkpointing",
+            "True",
+            "--tool_format",
+            "default",
+            "--cache_dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     assert (out / "adapter_model.safetensors").is_file()
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 4, "16 samples (--max_train_samples), batch 2, accumulation 2"
     assert len(trainer.eval_dataset) == 4, "--max_eval_samples"
     assert 12 <= len(trainer.train_dataset) <= 16, "--max_train_samples, less rows whose prompt alone is too long"
     merged = tmp_path / "merged-sft"
-    merge_peft_adapter.main(["--base_model", str(tiny_model_dir), "--lora_model", str(out), "--output_dir",
-                             str(merged)])
+    merge_peft_adapter.main(
+        ["--base_model", str(tiny_model_dir), "--lora_model", str(out), "--output_dir", str(merged)]
+    )
     (tmp_path / "q.txt").write_text("治疗感冒吃什么药？\n")
-    answers = inference.main(["--base_model", str(merged), "--data_file", str(tmp_path / "q.txt"), "--output_file",
-                              str(tmp_path / "a.jsonl"), "--max_new_tokens", "4"])
+    answers = inference.main(
+        [
+            "--base_model",
+            str(merged),
+            "--data_file",
+            str(tmp_path / "q.txt"),
+            "--output_file",
+            str(tmp_path / "a.jsonl"),
+            "--max_new_tokens",
+            "4",
+        ]
+    )
     assert answers.is_file()
 
 
 def test_neft_alpha_changes_training(tiny_model_dir, tmp_path):
     losses = {}
     for alpha in ("0", "50"):
-        trainer = supervised_finetuning.main([
-            "--model_name_or_path", str(tiny_model_dir), "--train_file_dir", str(ROOT / "data" / "sft"),
-            "--template_name", "chatml", "--output_dir", str(tmp_path / alpha), "--max_steps", "2",
-            "--validation_split_percentage", "0", "--neft_alpha", alpha, *FAST])
+        trainer = supervised_finetuning.main(
+            [
+                "--model_name_or_path",
+                str(tiny_model_dir),
+                "--train_file_dir",
+                str(ROOT / "data" / "sft"),
+                "--template_name",
+                "chatml",
+                "--output_dir",
+                str(tmp_path / alpha),
+                "--max_steps",
+                "2",
+                "--validation_split_percentage",
+                "0",
+                "--neft_alpha",
+                alpha,
+                *FAST,
+            ]
+        )
         losses[alpha] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert losses["0"][0] != losses["50"][0], "noisy embeddings change the training loss"
 
@@ -231,10 +513,25 @@ def test_neft_alpha_changes_training(tiny_model_dir, tmp_path):
 def test_peft_path_continues_a_saved_adapter(tiny_model_dir, sft_dir, tmp_path):
     from safetensors.torch import load_file
 
-    trainer = supervised_finetuning.main([
-        "--model_name_or_path", str(tiny_model_dir), "--train_file_dir", str(ROOT / "data" / "sft"),
-        "--template_name", "qwen2.5", "--output_dir", str(tmp_path / "more"), "--max_steps", "1",
-        "--validation_split_percentage", "0", "--peft_path", str(sft_dir), *FAST])
+    trainer = supervised_finetuning.main(
+        [
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--train_file_dir",
+            str(ROOT / "data" / "sft"),
+            "--template_name",
+            "qwen2.5",
+            "--output_dir",
+            str(tmp_path / "more"),
+            "--max_steps",
+            "1",
+            "--validation_split_percentage",
+            "0",
+            "--peft_path",
+            str(sft_dir),
+            *FAST,
+        ]
+    )
     before = load_file(sft_dir / "adapter_model.safetensors")
     after = load_file(tmp_path / "more" / "adapter_model.safetensors")
     assert before.keys() == after.keys()
@@ -251,12 +548,39 @@ def test_two_process_torchrun_sft(tiny_model_dir, tmp_path):
         port = s.getsockname()[1]
     out = tmp_path / "ddp"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-         "supervised_finetuning.py", "--model_name_or_path", str(tiny_model_dir), "--train_file_dir",
-         str(ROOT / "data" / "sft"), "--template_name", "chatml", "--output_dir", str(out), "--max_steps", "2",
-         "--validation_split_percentage", "0", "--ddp_backend", "gloo", "--ddp_find_unused_parameters", "False",
-         *FAST],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(port),
+            "supervised_finetuning.py",
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--train_file_dir",
+            str(ROOT / "data" / "sft"),
+            "--template_name",
+            "chatml",
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--validation_split_percentage",
+            "0",
+            "--ddp_backend",
+            "gloo",
+            "--ddp_find_unused_parameters",
+            "False",
+            *FAST,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("trainable parameters") == 2, "both ranks built the model"
     state = json.loads((out / "trainer_state.json").read_text())
@@ -280,8 +604,16 @@ def test_merge_reward_model_adapter(tiny_model_dir, tmp_path):
     ids = torch.tensor([[1, 20, 30, 40, 2]])
     with torch.no_grad():
         expected = reward.eval()(ids).logits
-    out = merge_peft_adapter.main(["--base_model", str(tiny_model_dir), "--lora_model", str(tmp_path / "rm-adapter"),
-                                   "--output_dir", str(tmp_path / "rm-merged")])
+    out = merge_peft_adapter.main(
+        [
+            "--base_model",
+            str(tiny_model_dir),
+            "--lora_model",
+            str(tmp_path / "rm-adapter"),
+            "--output_dir",
+            str(tmp_path / "rm-merged"),
+        ]
+    )
     merged = AutoModelForSequenceClassification.from_pretrained(out).eval()
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, expected, atol=1e-5)

@@ -34,19 +34,27 @@ def official(name: str) -> str:
 
 
 @cache
-def tiny_tokenizer(chat_template: str | None = None, eos_token: str = "</s>",
-                   bos_token: str | None = None) -> PreTrainedTokenizerFast:
+def tiny_tokenizer(
+    chat_template: str | None = None, eos_token: str = "</s>", bos_token: str | None = None
+) -> PreTrainedTokenizerFast:
     """A one-word tokenizer: enough for apply_chat_template, which only renders text here."""
     backend = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token=eos_token,
-                                        bos_token=bos_token)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", eos_token=eos_token, bos_token=bos_token
+    )
     tokenizer.chat_template = chat_template
     return tokenizer
 
 
 def apply(chat_template: str, messages, add_generation_prompt=False, tools=None, **kwargs) -> str:
-    return tiny_tokenizer().apply_chat_template(messages, chat_template=chat_template, tools=tools, tokenize=False,
-                                                add_generation_prompt=add_generation_prompt, **kwargs)
+    return tiny_tokenizer().apply_chat_template(
+        messages,
+        chat_template=chat_template,
+        tools=tools,
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+        **kwargs,
+    )
 
 
 def user(text):
@@ -67,9 +75,12 @@ def call(name, **arguments):
 CONVERSATIONS = {
     "single": [user("What is hypertension?"), assistant("Blood pressure that stays at or above 130/80 mmHg.")],
     "multi": [
-        user("I have a headache."), assistant("How long has it lasted?"),
-        user("Two days, with a fever."), assistant("Take your temperature and rest."),
-        user("It is 39 °C now."), assistant("Please see a doctor today."),
+        user("I have a headache."),
+        assistant("How long has it lasted?"),
+        user("Two days, with a fever."),
+        assistant("Take your temperature and rest."),
+        user("It is 39 °C now."),
+        assistant("Please see a doctor today."),
     ],
     "chinese": [
         user("我最近经常头痛，晚上也睡不好，应该怎么办？"),
@@ -78,8 +89,12 @@ CONVERSATIONS = {
         assistant("医生可能会安排血压测量、血常规，必要时做头颅CT或磁共振。"),
     ],
     # Whitespace around the text shows which parts a template strips.
-    "padded": [user("  Is aspirin safe?\n"), assistant("\nUsually, at low doses.  "), user(" And ibuprofen? "),
-               assistant(" Also usually. \n")],
+    "padded": [
+        user("  Is aspirin safe?\n"),
+        assistant("\nUsually, at low doses.  "),
+        user(" And ibuprofen? "),
+        assistant(" Also usually. \n"),
+    ],
 }
 SYSTEMS = {"en": "You are a careful medical assistant.", "zh": "你是一名专业的医生，请用中文回答。"}
 WEATHER_TOOL = {
@@ -96,7 +111,7 @@ TOOL_CHAT = [
     {"role": "tool", "content": "38.5"},
     {"role": "tool", "content": "36.9"},
     assistant("Patient 7 has a fever (38.5 °C); patient 9 is normal.", [call("notify", ward="B", urgent=True)]),
-    {"role": "tool", "content": "{\"sent\": true}"},
+    {"role": "tool", "content": '{"sent": true}'},
     assistant("I have notified ward B."),
 ]
 
@@ -182,8 +197,13 @@ def test_to_jinja_generation_markers_match_segments(name):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
     template = get_template(name)
     for messages, tools in ((CONVERSATIONS["multi"], None), (TOOL_CHAT, [WEATHER_TOOL])):
-        encoded = tokenizer.apply_chat_template(messages, tools=tools, chat_template=template.to_jinja(),
-                                                return_dict=True, return_assistant_tokens_mask=True)
+        encoded = tokenizer.apply_chat_template(
+            messages,
+            tools=tools,
+            chat_template=template.to_jinja(),
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+        )
         expected = [int(flag) for text, flag in template.segments(messages, tools) for _ in text]
         assert encoded["assistant_masks"] == expected
 
@@ -212,19 +232,23 @@ def test_segments_of_a_chatml_chat():
     segments = get_template("qwen").segments(messages)
     answers = [m["content"] for m in messages if m["role"] == "assistant"]
     assert [text for text, flag in segments if flag] == [a + "<|im_end|>" for a in answers]
-    assert segments[0] == ("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nI have a headache.<|im_end|>\n"
-                           "<|im_start|>assistant\n", False)
+    assert segments[0] == (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nI have a headache.<|im_end|>\n<|im_start|>assistant\n",
+        False,
+    )
     assert segments[-1] == ("\n", False)
 
 
 def test_tool_calls_are_supervised_and_tool_results_are_not():
     segments = get_template("qwen2.5").segments(TOOL_CHAT, [WEATHER_TOOL])
     supervised = [text for text, flag in segments if flag]
-    assert supervised[0] == ('<tool_call>\n{"name": "get_temperature", "arguments": {"patient": "7"}}\n</tool_call>\n'
-                             '<tool_call>\n{"name": "get_temperature", "arguments": {"patient": "9"}}\n</tool_call>'
-                             "<|im_end|>")
+    assert supervised[0] == (
+        '<tool_call>\n{"name": "get_temperature", "arguments": {"patient": "7"}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "get_temperature", "arguments": {"patient": "9"}}\n</tool_call>'
+        "<|im_end|>"
+    )
     assert supervised[1].startswith("Patient 7 has a fever (38.5 °C); patient 9 is normal.\n<tool_call>\n")
-    assert not any("<tool_response>" in text or "get_temperature\", \"description" in text for text in supervised)
+    assert not any("<tool_response>" in text or 'get_temperature", "description' in text for text in supervised)
 
 
 PREFIX_PRESERVING = sorted(n for n, t in TEMPLATES.items() if not (t.empty_think or t.generation_suffix or t.suffix))
@@ -270,8 +294,9 @@ def test_nothink_variants_differ_from_the_thinking_ones():
 
 def test_a_custom_system_prompt_keeps_its_role_wrapper():
     messages = [{"role": "system", "content": "你是医生"}, user("头痛怎么办？")]
-    expected = ("<|im_start|>system\n你是医生<|im_end|>\n"
-                "<|im_start|>user\n头痛怎么办？<|im_end|>\n<|im_start|>assistant\n")
+    expected = (
+        "<|im_start|>system\n你是医生<|im_end|>\n<|im_start|>user\n头痛怎么办？<|im_end|>\n<|im_start|>assistant\n"
+    )
     for name in ("qwen", "chatml", "intern2"):
         assert get_template(name).render(messages, add_generation_prompt=True) == expected, name
     default = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n"
@@ -387,15 +412,20 @@ def test_with_tool_format_returns_a_new_template():
 def test_auto_mode_with_a_tool_format_writes_tools_as_text():
     """MedicalGPT's --tool_format with the tokenizer's template: tools, calls and results become plain text."""
     auto = with_tool_format(get_template("auto", tiny_tokenizer(official("qwen2_5"))), "default")
-    chat = [user("Temperature of patient 7?"), assistant("", [call("get_temperature", patient="7")]),
-            {"role": "tool", "content": "38.5"}, assistant("The patient has a fever.")]
+    chat = [
+        user("Temperature of patient 7?"),
+        assistant("", [call("get_temperature", patient="7")]),
+        {"role": "tool", "content": "38.5"},
+        assistant("The patient has a fever."),
+    ]
     text = auto.render(chat, [WEATHER_TOOL])
     assert "You have access to the following tools:" in text and "> Tool Name: get_temperature" in text
     assert 'Action: get_temperature\nAction Input: {"patient": "7"}<|im_end|>' in text
     assert "<|im_start|>user\nObservation: 38.5<|im_end|>" in text
     trained = "".join(piece for piece, supervised in auto.segments(chat, [WEATHER_TOOL]) if supervised)
-    assert trained == ('Action: get_temperature\nAction Input: {"patient": "7"}<|im_end|>'
-                       "The patient has a fever.<|im_end|>")
+    assert trained == (
+        'Action: get_temperature\nAction Input: {"patient": "7"}<|im_end|>The patient has a fever.<|im_end|>'
+    )
     with pytest.raises(ValueError, match="Unknown tool format"):
         with_tool_format(get_template("auto", tiny_tokenizer(official("qwen3"))), "hermes")
 

@@ -35,7 +35,7 @@ def tiny_lm(tiny_model_dir):
 
 
 def supervised_text(tokenizer, ids, labels) -> str:
-    return tokenizer.decode([i for i, label in zip(ids, labels) if label != IGNORE_INDEX])
+    return tokenizer.decode([i for i, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX])
 
 
 def test_every_assistant_turn_and_its_stop_token_is_supervised(tokenizer):
@@ -43,7 +43,9 @@ def test_every_assistant_turn_and_its_stop_token_is_supervised(tokenizer):
     ids, labels = encode_chat(tokenizer, template, CHAT, None, 1024)
     assert ids == tokenizer(template.render(CHAT), add_special_tokens=False)["input_ids"]
     assert supervised_text(tokenizer, ids, labels) == (
-        "Drink plenty of water and rest.<|im_end|>请多喝水，注意休息。<|im_end|>See a doctor if it gets worse.<|im_end|>")
+        "Drink plenty of water and rest.<|im_end|>请多喝水，注意休息。<|im_end|>"
+        "See a doctor if it gets worse.<|im_end|>"
+    )
     assert labels.count(tokenizer.convert_tokens_to_ids("<|im_end|>")) == 3
 
 
@@ -55,8 +57,13 @@ def test_train_on_inputs_supervises_everything(tokenizer):
 def test_tool_calls_are_trained_and_tool_results_are_not(tokenizer):
     chat = [
         {"role": "user", "content": "Weather in Beijing?"},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Beijing"}}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Beijing"}}}
+            ],
+        },
         {"role": "tool", "content": '{"temp": 20}'},
         {"role": "assistant", "content": "It is 20 degrees."},
     ]
@@ -150,8 +157,16 @@ def test_packing_with_attention_across_samples_would_differ(tiny_lm, tokenizer):
 
 
 def test_pretraining_blocks_restart_positions_and_match_unpacked_loss(tiny_lm, tokenizer):
-    docs = Dataset.from_list([{"text": t} for t in ("The patient has a fever.", "高血压会增加中风的风险。",
-                                                    "Take the antibiotic for the full course.")])
+    docs = Dataset.from_list(
+        [
+            {"text": t}
+            for t in (
+                "The patient has a fever.",
+                "高血压会增加中风的风险。",
+                "Take the antibiotic for the full course.",
+            )
+        ]
+    )
     lengths = [len(tokenizer(d)["input_ids"]) + 1 for d in docs["text"]]
     block = sum(lengths)
     packed = tokenize_pretrain(docs, tokenizer, block, packing=True)
@@ -162,8 +177,9 @@ def test_pretraining_blocks_restart_positions_and_match_unpacked_loss(tiny_lm, t
     assert len(unpacked) == 3 and all(row[-1] == tokenizer.eos_token_id for row in unpacked["input_ids"])
     collate = Collator(tokenizer.pad_token_id)
     with torch.no_grad():
-        assert torch.allclose(tiny_lm(**collate(list(packed))).loss, tiny_lm(**collate(list(unpacked))).loss,
-                              atol=1e-5)
+        assert torch.allclose(
+            tiny_lm(**collate(list(packed))).loss, tiny_lm(**collate(list(unpacked))).loss, atol=1e-5
+        )
 
 
 def test_pretraining_block_split_restarts_the_continued_document(tokenizer):
@@ -187,14 +203,17 @@ def test_collator_pads_with_ignored_labels(tokenizer):
 def test_tokenization_is_cached_on_disk_and_overwrite_cache_redoes_it(tokenizer, tmp_path):
     from pathlib import Path
 
+    from conftest import write_jsonl
+
     from medgpt.args import DataArguments
     from medgpt.data import load_datasets
 
-    from conftest import write_jsonl
-
     write_jsonl(tmp_path / "d" / "a.jsonl", [{"messages": CHAT}] * 4)
-    rows = load_datasets(DataArguments(train_file_dir=str(tmp_path / "d"), validation_split_percentage=0), "chat",
-                         cache_dir=str(tmp_path / "cache"))["train"]
+    rows = load_datasets(
+        DataArguments(train_file_dir=str(tmp_path / "d"), validation_split_percentage=0),
+        "chat",
+        cache_dir=str(tmp_path / "cache"),
+    )["train"]
     first = tokenize_sft(rows, tokenizer, get_template("chatml"), 256)
     cached = Path(first.cache_files[0]["filename"])
     written = cached.stat().st_mtime_ns

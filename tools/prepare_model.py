@@ -48,8 +48,9 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"{out} already holds a model; nothing to do.")
         return out
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                 quantization_config=GgufConfig(dequantize=True))
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
+    )
     model = model.to(getattr(torch, prep_args.dtype))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
