@@ -17,8 +17,9 @@ from threading import Thread
 import torch
 from transformers import TextIteratorStreamer, set_seed
 
-from medgpt import args, model, saving
+from medgpt import args, formats, model, saving
 from medgpt.errors import UserError, run_cli
+from medgpt.formats import RowError
 
 logger = logging.getLogger(__name__)
 PROMPT_KEYS = ("prompt", "instruction", "question", "query", "input", "text")
@@ -56,11 +57,11 @@ def load(inf_args: InferenceArguments):
     has_tokenizer = inf_args.lora_model and Path(inf_args.lora_model, "tokenizer_config.json").is_file()
     model_args = args.ModelArguments(
         model_name_or_path=inf_args.base_model,
-        trust_remote_code=inf_args.trust_remote_code,
         tokenizer_name_or_path=inf_args.tokenizer_path or (inf_args.lora_model if has_tokenizer else None),
         load_in_8bit=inf_args.load_in_8bit,
         load_in_4bit=inf_args.load_in_4bit,
     )
+    model_args.trust_remote_code = inf_args.trust_remote_code
     saved_name, tool_format = saving.read_template_name(inf_args.lora_model or inf_args.base_model)
     chat_args = args.ChatArguments(template_name=inf_args.template_name or saved_name, tool_format=tool_format)
     tokenizer, template = model.load_chat_tokenizer(model_args, chat_args, padding_side="left")
@@ -70,14 +71,14 @@ def load(inf_args: InferenceArguments):
     if inf_args.lora_model:
         from peft import PeftModel
 
-        if inf_args.resize_emb:
+        if inf_args.resize_emb and len(tokenizer) > lm.get_input_embeddings().weight.shape[0]:
             lm.resize_token_embeddings(len(tokenizer))
         lm = PeftModel.from_pretrained(lm, inf_args.lora_model)
     return tokenizer, template, lm.eval()
 
 
 def generation_kwargs(inf_args: InferenceArguments, tokenizer, template) -> dict:
-    stops = [s for s in (*template.stop_words, inf_args.stop_str) if s]
+    stops = stop_strings(inf_args, template)
     stop_ids = sorted(
         {tokenizer.convert_tokens_to_ids(s) for s in stops if s in tokenizer.get_vocab()} | {tokenizer.eos_token_id}
     )
@@ -93,6 +94,10 @@ def generation_kwargs(inf_args: InferenceArguments, tokenizer, template) -> dict
     }
 
 
+def stop_strings(inf_args: InferenceArguments, template) -> list[str]:
+    return [s for s in (*template.stop_words, inf_args.stop_str) if s]
+
+
 def cut_at_stop(text: str, stops: list[str]) -> str:
     for stop in stops:
         if stop and stop in text:
@@ -100,14 +105,16 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
     return text.strip()
 
 
-def answer(lm, tokenizer, template, messages: list[dict], gen_kwargs: dict, stream: bool = False) -> str:
+def answer(
+    lm, tokenizer, template, messages: list[dict], gen_kwargs: dict, stops: list[str], stream: bool = False
+) -> str:
     prompt = template.render(messages, add_generation_prompt=True)
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(lm.device)
     if not stream:
         with torch.no_grad():
             output = lm.generate(**inputs, **gen_kwargs)
         text = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        return cut_at_stop(text, list(template.stop_words))
+        return cut_at_stop(text, stops)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     thread = Thread(target=lm.generate, kwargs={**inputs, **gen_kwargs, "streamer": streamer})
     thread.start()
@@ -117,7 +124,7 @@ def answer(lm, tokenizer, template, messages: list[dict], gen_kwargs: dict, stre
         print(piece, end="", flush=True)
     thread.join()
     print()
-    return cut_at_stop("".join(pieces), list(template.stop_words))
+    return cut_at_stop("".join(pieces), stops)
 
 
 def interactive(lm, tokenizer, template, inf_args: InferenceArguments, gen_kwargs: dict) -> list[dict]:
@@ -139,12 +146,30 @@ def interactive(lm, tokenizer, template, inf_args: InferenceArguments, gen_kwarg
         if not query:
             continue
         print("Assistant: ", end="", flush=True)
-        reply = answer(
-            lm, tokenizer, template, system + history + [{"role": "user", "content": query}], gen_kwargs, stream=True
-        )
+        messages = system + history + [{"role": "user", "content": query}]
+        reply = answer(lm, tokenizer, template, messages, gen_kwargs, stop_strings(inf_args, template), stream=True)
         turn = [{"role": "user", "content": query}, {"role": "assistant", "content": reply}]
         history = [] if inf_args.single_tune else history + turn
     return history
+
+
+def _conversation(row: object) -> list[dict]:
+    """The turns to answer from one JSONL row: a chat (ShareGPT or OpenAI, answered after its last user turn),
+    an Alpaca instruction (+ input), or a single prompt field."""
+    if isinstance(row, dict) and ("messages" in row or "conversations" in row):
+        turns = (formats.from_openai(row) if "messages" in row else formats.from_sharegpt(row))[0]
+        while turns and turns[-1]["role"] != "user":
+            turns = turns[:-1]
+        if not turns:
+            raise RowError("messages", "has no user turn to answer")
+        return turns
+    if isinstance(row, dict) and isinstance(row.get("instruction"), str):
+        query = row["instruction"] + (f"\n{row['input']}" if row.get("input") else "")  # as in training
+        return [{"role": "user", "content": query}]
+    key = next((k for k in PROMPT_KEYS if isinstance(row, dict) and isinstance(row.get(k), str)), None)
+    if key is None:
+        raise RowError(None, f"no prompt found; give one of {', '.join(PROMPT_KEYS)}, messages or conversations")
+    return [{"role": "user", "content": row[key]}]
 
 
 def read_prompts(path: str) -> list[list[dict]]:
@@ -167,22 +192,18 @@ def read_prompts(path: str) -> list[list[dict]]:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise UserError(f"{path}:{number}: invalid JSON ({err.msg}).") from None
-        if isinstance(row, dict) and ("messages" in row or "conversations" in row):
-            turns = row.get("messages") or [
-                {"role": {"human": "user", "gpt": "assistant"}.get(t["from"], t["from"]), "content": t["value"]}
-                for t in row["conversations"]
-            ]
-            while turns and turns[-1]["role"] != "user":
-                turns = turns[:-1]
-            conversations.append(turns)
-            continue
-        key = next((k for k in PROMPT_KEYS if isinstance(row, dict) and isinstance(row.get(k), str)), None)
-        if key is None:
-            raise UserError(f"{path}:{number}: no prompt found; give one of {', '.join(PROMPT_KEYS)} or messages.")
-        conversations.append([{"role": "user", "content": row[key]}])
+        try:
+            conversations.append(_conversation(row))
+        except RowError as err:
+            raise UserError(f"{path}:{number}: {err}.") from None
     if not conversations:
         raise UserError(f"--data_file {path} holds no prompts.")
     return conversations
+
+
+def with_system(system: list[dict], conversation: list[dict]) -> list[dict]:
+    """--system_prompt for conversations that bring no system message of their own."""
+    return conversation if conversation and conversation[0]["role"] == "system" else system + conversation
 
 
 def batch(lm, tokenizer, template, inf_args: InferenceArguments, gen_kwargs: dict) -> Path:
@@ -194,12 +215,12 @@ def batch(lm, tokenizer, template, inf_args: InferenceArguments, gen_kwargs: dic
     with partial.open("w", encoding="utf-8") as f:
         for start in range(0, len(conversations), inf_args.eval_batch_size):
             chunk = conversations[start : start + inf_args.eval_batch_size]
-            prompts = [template.render(system + c, add_generation_prompt=True) for c in chunk]
+            prompts = [template.render(with_system(system, c), add_generation_prompt=True) for c in chunk]
             inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
             with torch.no_grad():
                 output = lm.generate(**inputs, **gen_kwargs)
             for conversation, ids in zip(chunk, output[:, inputs["input_ids"].shape[1] :], strict=True):
-                text = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), list(template.stop_words))
+                text = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop_strings(inf_args, template))
                 f.write(json.dumps({"Input": conversation[-1]["content"], "Output": text}, ensure_ascii=False) + "\n")
             logger.info("answered %d/%d", min(start + len(chunk), len(conversations)), len(conversations))
     os.replace(partial, out)

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> Path:
                 f"the tokenizer has {len(tokenizer)} tokens but {merge_args.base_model} has {rows} "
                 "embedding rows (the vocabulary grew in training); pass --resize_emb True."
             )
-        if merge_args.resize_emb:
+        if merge_args.resize_emb and len(tokenizer) > rows:  # grow only: many models pad their vocabulary
             base.resize_token_embeddings(len(tokenizer))
     sync_special_tokens(base, tokenizer)
     model = PeftModel.from_pretrained(base, merge_args.lora_model).eval()

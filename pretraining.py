@@ -20,8 +20,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PretrainArguments:
-    block_size: int | None = field(
-        default=1024, metadata={"help": "Tokens per training row (None: the tokenizer's max length, at most 1024)."}
+    block_size: int = field(
+        default=1024, metadata={"help": "Tokens per training row (0: the tokenizer's max length, at most 1024)."}
     )
     keep_linebreaks: bool = field(default=True, metadata={"help": "Keep the line break ending each .txt line."})
     packing: bool = field(
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> Trainer:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         saving.save_outputs(trainer, train_metrics=result.metrics)
     if "validation" in splits and training_args.do_eval:
-        saving.evaluate(trainer)
+        saving.evaluate(trainer, perplexity=True)
     return trainer
 
 

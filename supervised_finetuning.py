@@ -63,6 +63,14 @@ def main(argv: list[str] | None = None) -> Trainer:
                 data_args.overwrite_cache,
                 what=name,
             )
+            if len(splits[name]) == 0:
+                if name == "train":
+                    raise UserError(
+                        f"no training row fits --model_max_length {sft_args.model_max_length}: every "
+                        "prompt alone is longer. Raise --model_max_length."
+                    )
+                del splits[name]  # evaluation is skipped rather than crashing on an empty split
+                continue
             if sft_args.packing:
                 splits[name] = tokenization.pack(splits[name], sft_args.model_max_length, training_args.seed)
     args.check_eval_split(training_args, splits.get("validation"))
@@ -79,7 +87,7 @@ def main(argv: list[str] | None = None) -> Trainer:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         saving.save_outputs(trainer, template, chat_args.tool_format, result.metrics)
     if "validation" in splits and training_args.do_eval:
-        saving.evaluate(trainer)
+        saving.evaluate(trainer, perplexity=True)
     return trainer
 
 

@@ -163,6 +163,10 @@ def answer_text(tool_format: str, content: str, tool_calls: list[dict] | None) -
     return f"{content}\n{text}" if content else text
 
 
+# MedicalGPT's names for the Qwen3 families: they write tools the way Qwen2.5 does.
+TOOL_FORMAT_ALIASES = {"qwen3": "qwen", "qwen3.5": "qwen", "qwen3_5": "qwen"}
+
+
 @dataclass(frozen=True)
 class Template:
     """A chat format. Format strings take `{content}`; `reply` + `stop` of every assistant turn is supervised."""
@@ -596,6 +600,7 @@ def get_template(name: str | None, tokenizer: Any = None) -> Template | Tokenize
 def with_tool_format(template: Template | TokenizerTemplate, tool_format: str) -> Template | TokenizerTemplate:
     """The same template writing tools, calls and results in another of the TOOL_FORMATS. For the tokenizer's own
     template (auto) they are written as plain text into the messages, as MedicalGPT's --tool_format did."""
+    tool_format = TOOL_FORMAT_ALIASES.get(tool_format, tool_format)
     if isinstance(template, TokenizerTemplate):
         return TokenizerTemplate(template.tokenizer, tool_format)
     return replace(template, tool_format=tool_format)

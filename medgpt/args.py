@@ -38,7 +38,8 @@ class ModelArguments:
     device_map: str | None = field(
         default="auto", metadata={"help": "Where to load weights: auto, cpu, cuda:0 or none. Ignored under DDP."}
     )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the checkpoint."})
+    # Set by parse() from --trust_remote_code, which TRL configs declare themselves (see RemoteCodeArguments).
+    trust_remote_code: bool = field(default=False, init=False)
     rope_scaling: Literal["linear", "dynamic"] | None = field(
         default=None, metadata={"help": "Stretch RoPE when the training length exceeds the model's context."}
     )
@@ -57,6 +58,13 @@ class ModelArguments:
             self.torch_dtype = None
         if self.flash_attn:
             self.attn_implementation = "flash_attention_2"
+
+
+@dataclass
+class RemoteCodeArguments:
+    """--trust_remote_code for scripts whose library config (unlike TRL's) does not declare it."""
+
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the checkpoint."})
 
 
 @dataclass
@@ -115,6 +123,23 @@ class ChatArguments:
     )
 
 
+@dataclass
+class PreferenceArguments:
+    max_source_length: int = field(
+        default=2048, metadata={"help": "Most prompt tokens kept (the oldest are cut first) in a preference pair."}
+    )
+    max_target_length: int = field(
+        default=512, metadata={"help": "Most tokens of each answer; a longer answer is cut but keeps its stop token."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_source_length < 1 or self.max_target_length < 2:
+            raise UserError(
+                f"--max_source_length {self.max_source_length} / --max_target_length {self.max_target_length}: "
+                "use at least 1 prompt token and 2 answer tokens (an answer keeps its stop token)."
+            )
+
+
 def _config_to_argv(path: str, parser: HfArgumentParser) -> list[str]:
     """Turn a YAML/JSON config into command-line tokens so argparse checks types and later CLI flags win."""
     file = Path(path)
@@ -133,7 +158,7 @@ def _config_to_argv(path: str, parser: HfArgumentParser) -> list[str]:
     argv: list[str] = []
     for key, value in config.items():
         if key not in known:
-            hint = difflib.get_close_matches(key, known, n=1)
+            hint = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
             raise UserError(f"--config {path}: unknown key {key!r}." + (f" Did you mean {hint[0]!r}?" if hint else ""))
         if value is None:
             continue
@@ -155,7 +180,8 @@ def parse(types: tuple[type, ...], argv: list[str] | None = None, defaults: dict
     Unknown flags are an error. `defaults` are a script's own defaults for library flags (e.g. report_to).
     A single `.json`/`.yaml` argument is read as a config file, as MedicalGPT's SFT script allowed.
     """
-    parser = HfArgumentParser(types, allow_abbrev=False)
+    own_flag = not any(f.name == "trust_remote_code" and f.init for t in types for f in fields(t))
+    parser = HfArgumentParser((*types, RemoteCodeArguments) if own_flag else types, allow_abbrev=False)
     argv = list(sys.argv[1:] if argv is None else argv)
     defaults = dict(defaults or {})
     if any(issubclass(t, TrainingArguments) for t in types) and not _accelerator_available():
@@ -181,13 +207,23 @@ def parse(types: tuple[type, ...], argv: list[str] | None = None, defaults: dict
         hints = [
             f"{flag} -> {match[0]}"
             for flag in flags
-            if (match := difflib.get_close_matches(flag.split("=")[0], parser._option_string_actions, n=1))
+            if (
+                match := difflib.get_close_matches(flag.split("=")[0], parser._option_string_actions, n=1, cutoff=0.75)
+            )
         ]
         raise UserError(
             f"unknown argument(s): {' '.join(unknown)}."
             + (f" Did you mean: {', '.join(hints)}?" if hints else "")
             + " Run with --help to list every flag."
         )
+    remote = (
+        parsed.pop()
+        if own_flag
+        else next(p for p in parsed if any(f.name == "trust_remote_code" and f.init for f in fields(p)))
+    )
+    for parsed_args in parsed:
+        if isinstance(parsed_args, ModelArguments):
+            parsed_args.trust_remote_code = remote.trust_remote_code
     return tuple(parsed)
 
 
@@ -242,8 +278,9 @@ def wants_eval(training_args: TrainingArguments) -> bool:
 def check_eval_split(training_args: TrainingArguments, eval_set) -> None:
     """Fail before training, not at the first evaluation step, when evaluation has nothing to run on."""
     if training_args.eval_strategy != "no" and not eval_set:
+        strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
         raise UserError(
-            f"--eval_strategy {training_args.eval_strategy} needs an eval split, but there is none: pass "
+            f"--eval_strategy {strategy} needs an eval split, but there is none: pass "
             "--validation_file_dir DIR or --validation_split_percentage > 0, or set --eval_strategy no."
         )
 

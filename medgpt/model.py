@@ -13,6 +13,7 @@ from transformers import (
     BitsAndBytesConfig,
     PreTrainedModel,
     TrainingArguments,
+    set_seed,
 )
 
 from medgpt.args import ChatArguments, LoraArguments, ModelArguments, is_distributed
@@ -63,16 +64,20 @@ def load_tokenizer(model_args: ModelArguments, padding_side: str = "right", stop
 def load_chat_tokenizer(model_args: ModelArguments, chat_args: ChatArguments, padding_side: str = "right"):
     """Tokenizer and chat template. A named template also becomes the tokenizer's chat_template, so every saved
     model carries the exact format it was trained with and inference renders the same text."""
-    tokenizer = load_tokenizer(model_args, padding_side)
+    named = chat_args.template_name not in (None, "auto")
     try:
-        template = get_template(chat_args.template_name, tokenizer)
+        template = get_template(chat_args.template_name) if named else None
+        tokenizer = load_tokenizer(model_args, padding_side, template.stop_words if named else ())
+        template = template or get_template(chat_args.template_name, tokenizer)
         if chat_args.tool_format:
             template = with_tool_format(template, chat_args.tool_format)
     except ValueError as err:
+        if isinstance(err, UserError):
+            raise
         raise UserError(
             f"--template_name {chat_args.template_name} / --tool_format {chat_args.tool_format}: {err}"
         ) from None
-    if template.name != "auto":
+    if named:
         tokenizer.chat_template = template.to_jinja()
     return tokenizer, template
 
@@ -167,6 +172,8 @@ def load_model(
     task: str = "causal",
 ) -> PreTrainedModel:
     """Base model in its own dtype (never upcast to fp32), optionally quantized, with LoRA when use_peft."""
+    if training_args is not None:
+        set_seed(training_args.seed)  # the same LoRA initialisation on every run (and so the same model hash)
     path = model_args.model_name_or_path
     try:
         config = AutoConfig.from_pretrained(path, **_hub_kwargs(model_args))
@@ -176,7 +183,8 @@ def load_model(
     _check_attention(model_args.attn_implementation)
     quantization = quantization_config(model_args, lora_args)
     model_class = AutoModelForSequenceClassification if task == "reward" else AutoModelForCausalLM
-    extra = {"num_labels": 1} if task == "reward" else {}
+    if task == "reward":
+        config.num_labels = 1  # one score per sequence
     dtype = getattr(torch, model_args.torch_dtype) if model_args.torch_dtype else "auto"
     try:
         model = model_class.from_pretrained(
@@ -187,7 +195,6 @@ def load_model(
             quantization_config=quantization,
             device_map=_device_map(model_args, training_args, quantization is not None),
             **_hub_kwargs(model_args),
-            **extra,
         )
     except (OSError, ValueError) as err:
         raise _cannot_load("model weights", path, err) from None

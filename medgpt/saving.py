@@ -78,10 +78,10 @@ def save_outputs(
     logger.info("saved to %s", output_dir)
 
 
-def evaluate(trainer: Trainer) -> dict:
-    """Evaluate and save eval metrics, with perplexity = exp(eval_loss)."""
+def evaluate(trainer: Trainer, perplexity: bool = False) -> dict:
+    """Evaluate and save eval metrics; for language-model losses also perplexity = exp(eval_loss)."""
     metrics = trainer.evaluate()
-    if "eval_loss" in metrics:
+    if perplexity and "eval_loss" in metrics:
         metrics["perplexity"] = math.exp(metrics["eval_loss"]) if metrics["eval_loss"] < 50 else float("inf")
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)

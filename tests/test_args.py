@@ -9,7 +9,16 @@ from transformers import TrainingArguments
 from medgpt import args
 from medgpt.errors import UserError
 
-SCRIPTS = ["pretraining", "supervised_finetuning", "merge_peft_adapter", "inference"]
+SCRIPTS = [
+    "pretraining",
+    "supervised_finetuning",
+    "reward_modeling",
+    "dpo_training",
+    "orpo_training",
+    "merge_peft_adapter",
+    "inference",
+    "tools.prepare_model",
+]
 TYPES = (args.ModelArguments, args.LoraArguments, args.DataArguments, TrainingArguments)
 
 

@@ -6,8 +6,9 @@ import pytest
 from conftest import write_jsonl
 
 from medgpt.args import DataArguments
-from medgpt.data import ReadReport, RowError, load_datasets, normalize_chat
+from medgpt.data import load_datasets
 from medgpt.errors import UserError
+from medgpt.formats import ReadReport, RowError, normalize_chat
 
 
 def messages_of(row: dict) -> list[dict]:
@@ -241,3 +242,9 @@ def test_rows_are_cached_and_a_changed_file_is_read_again(tmp_path, caplog):
     assert "read from the datasets cache" in caplog.text
     write_jsonl(path, [GOOD, GOOD, GOOD])
     assert len(load_datasets(args, "chat", cache_dir=str(cache))["train"]) == 3
+
+
+def test_all_rows_skipped_is_a_clear_error(tmp_path):
+    write_jsonl(tmp_path / "d" / "a.jsonl", [{"x": 1}, {"y": 2}])
+    with pytest.raises(UserError, match="every row was skipped"):
+        load_datasets(DataArguments(train_file_dir=str(tmp_path / "d"), skip_bad_rows=True), "chat")

@@ -10,12 +10,21 @@ from pathlib import Path
 
 import pytest
 
+import dpo_training
+import orpo_training
 import pretraining
+import reward_modeling
 import supervised_finetuning
 from medgpt import args
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_SCRIPTS = {"run_pt.sh": pretraining, "run_sft.sh": supervised_finetuning}
+RUN_SCRIPTS = {
+    "run_pt.sh": pretraining,
+    "run_sft.sh": supervised_finetuning,
+    "run_rm.sh": reward_modeling,
+    "run_dpo.sh": dpo_training,
+    "run_orpo.sh": orpo_training,
+}
 
 
 def script_flags(path: Path, script_name: str) -> list[str]:

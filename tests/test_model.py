@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, TrainingArguments
 
-from medgpt import model
+from medgpt import args, model
 from medgpt.args import ChatArguments, LoraArguments, ModelArguments
 from medgpt.errors import UserError
 
@@ -164,13 +164,20 @@ def test_hub_flags_reach_from_pretrained(tiny_model_dir, monkeypatch):
         return original(cls, path)
 
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", classmethod(spy))
-    model.load_tokenizer(
-        ModelArguments(
-            model_name_or_path=str(tiny_model_dir),
-            cache_dir="/tmp/c",
-            model_revision="v2",
-            hf_hub_token="secret",
-            trust_remote_code=True,
-        )
+    (model_args,) = args.parse(
+        (ModelArguments,),
+        [
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--cache_dir",
+            "/tmp/c",
+            "--model_revision",
+            "v2",
+            "--hf_hub_token",
+            "secret",
+            "--trust_remote_code",
+            "True",
+        ],
     )
+    model.load_tokenizer(model_args)
     assert seen[0] == {"cache_dir": "/tmp/c", "revision": "v2", "token": "secret", "trust_remote_code": True}

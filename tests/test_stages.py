@@ -304,9 +304,9 @@ def test_interactive_chat_keeps_correct_history(tiny_model_dir, sft_dir, monkeyp
     prompts = []
     original = inference.answer
 
-    def spy(lm, tokenizer, template, messages, gen_kwargs, stream=False):
+    def spy(lm, tokenizer, template, messages, gen_kwargs, stops, stream=False):
         prompts.append(messages)
-        return original(lm, tokenizer, template, messages, gen_kwargs, stream)
+        return original(lm, tokenizer, template, messages, gen_kwargs, stops, stream)
 
     monkeypatch.setattr(inference, "answer", spy)
     history = inference.main(
@@ -617,3 +617,101 @@ def test_merge_reward_model_adapter(tiny_model_dir, tmp_path):
     merged = AutoModelForSequenceClassification.from_pretrained(out).eval()
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, expected, atol=1e-5)
+
+
+def test_every_row_too_long_is_a_clear_error(tiny_model_dir, tmp_path):
+    with pytest.raises(UserError, match="no training row fits --model_max_length 40"):
+        supervised_finetuning.main(
+            [
+                "--model_name_or_path",
+                str(tiny_model_dir),
+                "--train_file_dir",
+                str(ROOT / "data" / "sft"),
+                "--template_name",
+                "qwen2.5",
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--model_max_length",
+                "40",
+                "--validation_split_percentage",
+                "0",
+                *FAST,
+            ]
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_inference_batch_reads_every_row_shape(tiny_model_dir, tmp_path):
+    rows = [
+        {"messages": [{"role": "system", "content": "Own system."}, {"role": "user", "content": "Q1"}]},
+        {
+            "conversations": [
+                {"from": "human", "value": "Weather?"},
+                {"from": "function_call", "value": '{"name": "w", "arguments": {}}'},
+                {"from": "observation", "value": "sunny"},
+                {"from": "gpt", "value": "Sunny."},
+                {"from": "human", "value": "Q2"},
+            ]
+        },
+        {"instruction": "Translate", "input": "发烧"},
+        {"question": "Q4"},
+    ]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    import template as template_module
+
+    seen = []
+    original = template_module.Template.render
+
+    def spy(self, messages, tools=None, add_generation_prompt=False):
+        seen.append(messages)
+        return original(self, messages, tools, add_generation_prompt)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(template_module.Template, "render", spy)
+        out = inference.main(
+            [
+                "--base_model",
+                str(tiny_model_dir),
+                "--template_name",
+                "chatml",
+                "--data_file",
+                str(tmp_path / "in.jsonl"),
+                "--output_file",
+                str(tmp_path / "out.jsonl"),
+                "--system_prompt",
+                "Global system.",
+                "--max_new_tokens",
+                "3",
+                "--stop_str",
+                "e",
+            ]
+        )
+    assert seen[0][0] == {"role": "system", "content": "Own system."}, "a row's own system prompt wins"
+    assert seen[1][0]["content"] == "Global system." and seen[1][-1]["content"] == "Q2"
+    assert seen[1][2]["tool_calls"][0]["function"]["name"] == "w"
+    assert seen[2][-1]["content"] == "Translate\n发烧", "alpaca input joins the instruction, as in training"
+    answers = [json.loads(line)["Output"] for line in out.read_text().splitlines()]
+    assert len(answers) == 4 and not any("e" in a for a in answers), "--stop_str cuts the answer"
+
+
+def test_block_size_zero_means_the_tokenizer_length(tiny_model_dir, tmp_path):
+    trainer = pretraining.main(
+        [
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--train_file_dir",
+            str(ROOT / "data" / "pretrain"),
+            "--block_size",
+            "0",
+            "--packing",
+            "False",
+            "--output_dir",
+            str(tmp_path / "pt"),
+            "--max_steps",
+            "1",
+            "--validation_split_percentage",
+            "0",
+            *FAST,
+        ]
+    )
+    assert max(len(ids) for ids in trainer.train_dataset["input_ids"]) <= 1024

@@ -436,3 +436,8 @@ def test_misplaced_system_and_unknown_roles_are_errors():
         get_template("qwen").render(messages)
     with pytest.raises(ValueError, match="unknown role"):
         get_template("qwen").render([{"role": "observer", "content": "x"}])
+
+
+def test_medicalgpt_qwen3_tool_format_names_map_to_qwen():
+    assert with_tool_format(get_template("qwen3"), "qwen3").tool_format == "qwen"
+    assert with_tool_format(get_template("qwen3_5"), "qwen3.5").tool_format == "qwen"

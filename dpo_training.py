@@ -1,0 +1,90 @@
+"""Direct preference optimisation (DPO) on chosen/rejected answer pairs, after SFT.
+
+With LoRA the reference model is the base with the adapter switched off: no second copy in memory. With
+--precompute_ref_log_probs the reference log-probs are computed once and cached on disk, keyed by the data and
+model fingerprints: a second run on the same data and model does no reference forward at all.
+
+    python dpo_training.py --model_name_or_path merged-sft --train_file_dir data/reward --template_name qwen2.5 \
+        --output_dir outputs-dpo --max_steps 100 --beta 0.1 --loss_type sigmoid
+    torchrun --nproc_per_node 8 dpo_training.py --deepspeed zero2.json --precompute_ref_log_probs True ...
+    python dpo_training.py --config dpo.yaml --learning_rate 5e-6    # CLI flags override the file
+"""
+
+import logging
+import os
+import time
+
+from datasets import Dataset
+from trl import DPOConfig, DPOTrainer
+
+from medgpt import args, model, preference, saving
+from medgpt.errors import run_cli
+
+logger = logging.getLogger(__name__)
+
+ARG_TYPES = (
+    args.ModelArguments,
+    args.LoraArguments,
+    args.DataArguments,
+    args.ChatArguments,
+    args.PreferenceArguments,
+    DPOConfig,
+)
+DEFAULTS = {"do_train": True, "report_to": ["tensorboard"], "logging_steps": 10, "remove_unused_columns": False}
+TEXT_COLUMNS = ["prompt", "chosen", "rejected"]
+
+
+def log_reference_cache(trainer: DPOTrainer, started: float) -> None:
+    """Say whether the reference log-probs were computed now or reused from the on-disk cache."""
+    for name, dataset in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
+        files = [f["filename"] for f in getattr(dataset, "cache_files", None) or []]
+        cached = [f for f in files if "ref_chosen_logps" in Dataset.from_file(f).column_names]
+        for file in cached:
+            reused = os.path.getmtime(file) < started
+            logger.info(
+                "%s reference log-probs %s %s",
+                name,
+                "reused from the cache" if reused else "computed and cached in",
+                file,
+            )
+
+
+def main(argv: list[str] | None = None) -> DPOTrainer:
+    model_args, lora_args, data_args, chat_args, pref_args, training_args = args.parse(ARG_TYPES, argv, DEFAULTS)
+    args.check_args(model_args, lora_args, data_args, training_args)
+    tokenizer, template = model.load_chat_tokenizer(model_args, chat_args)
+    preference.align_eos_with_template(tokenizer, template)
+
+    # Data is read, validated and rendered before anything is written to output_dir.
+    with training_args.main_process_first(desc="render pairs"):
+        splits = preference.load_pair_splits(
+            data_args, pref_args, tokenizer, template, training_args, model_args.cache_dir
+        )
+    args.check_eval_split(training_args, splits.get("validation"))
+    max_length = training_args.max_length
+
+    # The pairs already fit max_length, cut the right way (prompt first, stop tokens kept). TRL must not cut them
+    # again, and without a length in its config its dataset fingerprints (and so the cache of reference log-probs)
+    # depend on the data and tokenizer only, not on unrelated settings such as output_dir.
+    training_args.max_length = None
+    started = time.time()
+    trainer = DPOTrainer(
+        model=model.load_model(model_args, lora_args, tokenizer, training_args, max_length),
+        ref_model=None,  # LoRA: the adapter-disabled base; full fine-tuning: TRL keeps a frozen copy
+        args=training_args,
+        train_dataset=splits["train"].select_columns(TEXT_COLUMNS) if "train" in splits else None,
+        eval_dataset=splits["validation"].select_columns(TEXT_COLUMNS) if "validation" in splits else None,
+        processing_class=tokenizer,
+    )
+    if training_args.precompute_ref_log_probs:
+        log_reference_cache(trainer, started)
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        saving.save_outputs(trainer, template, chat_args.tool_format, result.metrics)
+    if "validation" in splits and training_args.do_eval:
+        saving.evaluate(trainer)
+    return trainer
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,194 @@
+"""Preference pairs (reward modelling, DPO, ORPO): rendered with our chat template, cut to length in tokens, and
+scored with a saved reward model.
+
+A pair is the prompt turns plus two answers. Both answers are rendered after the same prompt by the same template
+as in SFT, so the chat format is identical across stages; each answer ends with the template's stop string.
+Too long: the prompt loses its oldest tokens first (a leading BOS is kept), then answers are shortened with their
+stop token kept, all counted in tokens.
+"""
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+
+from medgpt import args, data
+from medgpt.args import PreferenceArguments
+from medgpt.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+def align_eos_with_template(tokenizer, template) -> None:
+    """TRL's DPO/ORPO append the tokenizer's eos to each answer unless it already ends with it. Our answers end
+    with the template's stop string, so make that the eos when it is one token (e.g. <|im_end|>, <|eot_id|>)."""
+    for stop in template.stop_words:
+        if stop in tokenizer.get_vocab() and stop != tokenizer.eos_token:
+            logger.info("eos token %r -> %r, the template's end of an answer", tokenizer.eos_token, stop)
+            tokenizer.eos_token = stop
+            return
+        if stop == tokenizer.eos_token:
+            return
+
+
+def split_answer(template, prompt: list[dict], answer: dict, tools: list | None) -> tuple[str, str]:
+    """(prompt text, answer text) where the answer text is the trained part: the answer and its stop string."""
+    segments = template.segments(prompt + [answer], tools)
+    last = max(i for i, (_, supervised) in enumerate(segments) if supervised)
+    return "".join(text for text, _ in segments[:last]), segments[last][0]
+
+
+def _tokens(tokenizer, text: str) -> tuple[list[int], list[int]]:
+    if tokenizer.is_fast:
+        encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return encoding["input_ids"], [start for start, _ in encoding["offset_mapping"]]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids, [len(tokenizer.decode(ids[:i])) for i in range(len(ids))]
+
+
+def _shorten_answer(tokenizer, text: str, stop: str, limit: int) -> tuple[str, list[int]]:
+    ids, starts = _tokens(tokenizer, text)
+    if len(ids) <= limit:
+        return text, ids
+    stop_ids = _tokens(tokenizer, stop)[0] if stop and text.endswith(stop) else []
+    keep = max(0, limit - len(stop_ids))
+    shortened = text[: starts[keep]] + (stop if stop_ids else "") if keep < len(ids) else text
+    return shortened, ids[:keep] + stop_ids
+
+
+def encode_pair(tokenizer, template, row: dict, max_length: int, pref_args: PreferenceArguments) -> dict:
+    """Rendered and length-limited pair: texts (for DPO/ORPO) and full token ids (for the reward model)."""
+    prompt, tools = json.loads(row["prompt"]), json.loads(row["tools"]) if row["tools"] else None
+    prompt_text, chosen = split_answer(template, prompt, json.loads(row["chosen"]), tools)
+    prompt_other, rejected = split_answer(template, prompt, json.loads(row["rejected"]), tools)
+    if prompt_other != prompt_text:
+        raise ValueError(f"template {template.name!r} renders the prompt differently before the two answers")
+    stop = next((s for s in template.stop_words if chosen.endswith(s)), "")
+    chosen, chosen_ids = _shorten_answer(tokenizer, chosen, stop, pref_args.max_target_length)
+    rejected, rejected_ids = _shorten_answer(tokenizer, rejected, stop, pref_args.max_target_length)
+    answer_budget = max(len(chosen_ids), len(rejected_ids))
+    prompt_ids, starts = _tokens(tokenizer, prompt_text)
+    keep = min(len(prompt_ids), pref_args.max_source_length, max_length - answer_budget)
+    if keep < len(prompt_ids):
+        # Drop the oldest prompt tokens; a leading BOS stays first (and is never doubled: texts carry no new one).
+        bos = 1 if tokenizer.bos_token_id is not None and prompt_ids[0] == tokenizer.bos_token_id else 0
+        if keep <= bos:
+            return {"prompt": "", "chosen": "", "rejected": "", "chosen_ids": [], "rejected_ids": []}
+        cut = len(prompt_ids) - (keep - bos)
+        bos_text = prompt_text[: starts[1]] if bos else ""
+        prompt_text = bos_text + prompt_text[starts[cut] :]
+        prompt_ids = prompt_ids[:bos] + prompt_ids[cut:]
+    return {
+        "prompt": prompt_text,
+        "chosen": chosen,
+        "rejected": rejected,
+        "chosen_ids": prompt_ids + chosen_ids,
+        "rejected_ids": prompt_ids + rejected_ids,
+    }
+
+
+def _pair_batch(batch: dict, tokenizer, template, max_length: int, pref_args: PreferenceArguments) -> dict:
+    rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+    encoded = [encode_pair(tokenizer, template, row, max_length, pref_args) for row in rows]
+    return {key: [e[key] for e in encoded] for key in ("prompt", "chosen", "rejected", "chosen_ids", "rejected_ids")}
+
+
+def tokenize_pairs(
+    dataset: Dataset,
+    tokenizer,
+    template,
+    max_length: int,
+    pref_args: PreferenceArguments,
+    num_proc: int | None = None,
+    overwrite_cache: bool = False,
+    what: str = "train",
+) -> Dataset:
+    encoded = dataset.map(
+        _pair_batch,
+        batched=True,
+        num_proc=num_proc,
+        remove_columns=dataset.column_names,
+        load_from_cache_file=not overwrite_cache,
+        desc=f"Rendering {what} pairs",
+        fn_kwargs={"tokenizer": tokenizer, "template": template, "max_length": max_length, "pref_args": pref_args},
+    )
+    kept = encoded.filter(
+        lambda ids: len(ids) > 0,
+        input_columns="chosen_ids",
+        num_proc=num_proc,
+        desc=f"Dropping {what} pairs with no room for the prompt",
+    )
+    if len(kept) < len(encoded):
+        logger.warning(
+            "%s: %d of %d pairs dropped: the answers leave no room for the prompt within max_length %d",
+            what,
+            len(encoded) - len(kept),
+            len(encoded),
+            max_length,
+        )
+    return kept
+
+
+def score(
+    model_dir: str | Path,
+    prompt: list[dict] | str,
+    answers: list[str],
+    template_name: str | None = None,
+    tools: list | None = None,
+) -> list[float]:
+    """Reward scores of answers to one prompt, with a saved (merged) reward model and its chat template.
+
+    from medgpt.preference import score
+    score("merged-rm", "What helps a fever?", ["Rest and fluids.", "Nothing."])  # -> [1.3, -0.7]
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from medgpt.saving import read_template_name
+    from template import get_template
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1).eval()
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    template = get_template(template_name or read_template_name(model_dir)[0], tokenizer)
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    scores = []
+    for answer in answers:
+        prompt_text, answer_text = split_answer(template, messages, {"role": "assistant", "content": answer}, tools)
+        inputs = tokenizer(prompt_text + answer_text, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            scores.append(model(**inputs).logits[0, 0].item())
+    return scores
+
+
+def load_pair_splits(
+    data_args, pref_args: PreferenceArguments, tokenizer, template, training_args, cache_dir: str | None = None
+) -> dict[str, Dataset]:
+    """Train (and eval, when wanted) pairs, read, validated, rendered and length-limited. An eval split that ends
+    up empty is left out with a warning instead of crashing the first evaluation."""
+
+    raw = data.load_datasets(data_args, "preference", training_args.seed, cache_dir=cache_dir)
+    splits = {}
+    for name, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
+        if name not in raw or (name == "validation" and not args.wants_eval(training_args)):
+            continue
+        rows = data.cap(raw[name].shuffle(seed=training_args.seed), limit)
+        pairs = tokenize_pairs(
+            rows,
+            tokenizer,
+            template,
+            training_args.max_length or 1024,
+            pref_args,
+            data_args.preprocessing_num_workers,
+            data_args.overwrite_cache,
+            what=name,
+        )
+        if len(pairs) == 0 and name == "validation":
+            logger.warning("no evaluation pairs left after length limits; evaluation is skipped")
+            continue
+        splits[name] = pairs
+    if "train" in splits and len(splits["train"]) == 0:
+        raise UserError("no training pair fits the length limits; raise --max_length or --max_source_length.")
+    return splits

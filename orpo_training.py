@@ -1,0 +1,76 @@
+"""ORPO: preference optimisation with an odds-ratio term on top of the SFT loss, and no reference model.
+
+Uses TRL's ORPO trainer (trl.experimental.orpo): it computes the loss from the policy alone, so nothing but the
+model being trained is held in memory. MedicalGPT's --orpo_beta is accepted as the name of TRL's --beta.
+
+    python orpo_training.py --model_name_or_path merged-sft --train_file_dir data/reward --template_name qwen2.5 \
+        --output_dir outputs-orpo --max_steps 100 --beta 0.1
+    torchrun --nproc_per_node 8 orpo_training.py --deepspeed zero2.json ...
+    python orpo_training.py --config orpo.yaml --learning_rate 5e-6    # CLI flags override the file
+"""
+
+import os
+from dataclasses import dataclass, field
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # we chose the experimental trainer knowingly
+
+from trl.experimental.orpo import ORPOConfig, ORPOTrainer  # noqa: E402
+
+from medgpt import args, model, preference, saving  # noqa: E402
+from medgpt.errors import run_cli  # noqa: E402
+
+
+@dataclass
+class ORPOArguments:
+    orpo_beta: float | None = field(
+        default=None, metadata={"help": "MedicalGPT's name for --beta (the weight of the odds-ratio loss)."}
+    )
+
+
+ARG_TYPES = (
+    args.ModelArguments,
+    args.LoraArguments,
+    args.DataArguments,
+    args.ChatArguments,
+    args.PreferenceArguments,
+    ORPOArguments,
+    ORPOConfig,
+)
+DEFAULTS = {"do_train": True, "report_to": ["tensorboard"], "logging_steps": 10, "remove_unused_columns": False}
+TEXT_COLUMNS = ["prompt", "chosen", "rejected"]
+
+
+def main(argv: list[str] | None = None) -> ORPOTrainer:
+    model_args, lora_args, data_args, chat_args, pref_args, orpo_args, training_args = args.parse(
+        ARG_TYPES, argv, DEFAULTS
+    )
+    args.check_args(model_args, lora_args, data_args, training_args)
+    if orpo_args.orpo_beta is not None:
+        training_args.beta = orpo_args.orpo_beta
+    tokenizer, template = model.load_chat_tokenizer(model_args, chat_args)
+    preference.align_eos_with_template(tokenizer, template)
+
+    # Data is read, validated and rendered before anything is written to output_dir.
+    with training_args.main_process_first(desc="render pairs"):
+        splits = preference.load_pair_splits(
+            data_args, pref_args, tokenizer, template, training_args, model_args.cache_dir
+        )
+    args.check_eval_split(training_args, splits.get("validation"))
+
+    trainer = ORPOTrainer(
+        model=model.load_model(model_args, lora_args, tokenizer, training_args, training_args.max_length),
+        args=training_args,
+        train_dataset=splits["train"].select_columns(TEXT_COLUMNS) if "train" in splits else None,
+        eval_dataset=splits["validation"].select_columns(TEXT_COLUMNS) if "validation" in splits else None,
+        processing_class=tokenizer,
+    )
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        saving.save_outputs(trainer, template, chat_args.tool_format, result.metrics)
+    if "validation" in splits and training_args.do_eval:
+        saving.evaluate(trainer)
+    return trainer
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,60 @@
+"""Reward model: a sequence classifier with one score, trained on chosen/rejected pairs (pairwise loss).
+
+Evaluation reports pairwise accuracy (chosen scored above rejected) and the mean margin. With LoRA the score head
+is trained in full and saved with the adapter; merge_peft_adapter.py then gives a standalone reward model, and
+`medgpt.preference.score(model_dir, prompt, answers)` scores answers with it.
+
+    python reward_modeling.py --model_name_or_path merged-sft --train_file_dir data/reward --template_name qwen2.5 \
+        --output_dir outputs-rm --max_steps 100
+    torchrun --nproc_per_node 8 reward_modeling.py --deepspeed zero2.json ...
+    python reward_modeling.py --config rm.yaml --learning_rate 1e-5    # CLI flags override the file
+"""
+
+from trl import RewardConfig, RewardTrainer
+
+from medgpt import args, model, preference, saving
+from medgpt.errors import run_cli
+
+ARG_TYPES = (
+    args.ModelArguments,
+    args.LoraArguments,
+    args.DataArguments,
+    args.ChatArguments,
+    args.PreferenceArguments,
+    RewardConfig,
+)
+DEFAULTS = {"do_train": True, "report_to": ["tensorboard"], "logging_steps": 10, "remove_unused_columns": False}
+ID_COLUMNS = ["chosen_ids", "rejected_ids"]
+
+
+def main(argv: list[str] | None = None) -> RewardTrainer:
+    model_args, lora_args, data_args, chat_args, pref_args, training_args = args.parse(ARG_TYPES, argv, DEFAULTS)
+    args.check_args(model_args, lora_args, data_args, training_args)
+    tokenizer, template = model.load_chat_tokenizer(model_args, chat_args)
+
+    # Data is read, validated and tokenized before anything is written to output_dir.
+    with training_args.main_process_first(desc="render pairs"):
+        splits = preference.load_pair_splits(
+            data_args, pref_args, tokenizer, template, training_args, model_args.cache_dir
+        )
+    args.check_eval_split(training_args, splits.get("validation"))
+
+    trainer = RewardTrainer(
+        model=model.load_model(
+            model_args, lora_args, tokenizer, training_args, training_args.max_length, task="reward"
+        ),
+        args=training_args,
+        train_dataset=splits["train"].select_columns(ID_COLUMNS) if "train" in splits else None,
+        eval_dataset=splits["validation"].select_columns(ID_COLUMNS) if "validation" in splits else None,
+        processing_class=tokenizer,
+    )
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        saving.save_outputs(trainer, template, chat_args.tool_format, result.metrics)
+    if "validation" in splits and training_args.do_eval:
+        saving.evaluate(trainer)
+    return trainer
+
+
+if __name__ == "__main__":
+    run_cli(main)
