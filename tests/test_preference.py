@@ -510,3 +510,111 @@ def test_every_trl_option_is_reachable(tiny_model_dir, pair_dirs, tmp_path):
     )
     assert (trainer.args.beta, trainer.args.loss_type, trainer.args.seed) == (0.3, ["ipo"], 7)
     assert trainer.state.global_step == 1
+
+
+def test_medicalgpt_tool_call_pairs_train(tiny_model_dir, reference_data, tmp_path):
+    (tmp_path / "tool").mkdir()
+    (tmp_path / "tool" / "pairs.jsonl").write_text(
+        (reference_data / "reward" / "toolcall_dpo_zh_demo.jsonl").read_text()
+    )
+    trainer = dpo_training.main(
+        [
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--train_file_dir",
+            str(tmp_path / "tool"),
+            "--validation_split_percentage",
+            "0",
+            "--template_name",
+            "qwen2.5",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_steps",
+            "2",
+            *FAST,
+            "--max_length",
+            "1024",
+            "--max_source_length",
+            "896",
+            "--max_target_length",
+            "128",
+        ]
+    )
+    assert len(trainer.train_dataset) == 11 and trainer.state.global_step == 2
+    assert any("<tool_response>" in text for text in trainer.train_dataset["prompt"]), "tool results in prompts"
+
+
+def test_dpo_with_lora_keeps_no_reference_copy(tiny_model_dir, pair_dirs, tmp_path):
+    trainer = dpo_training.main(
+        [
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--train_file_dir",
+            str(pair_dirs[0]),
+            "--validation_split_percentage",
+            "0",
+            "--template_name",
+            "chatml",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_steps",
+            "1",
+            *FAST,
+        ]
+    )
+    assert trainer.ref_model is None, "the reference is the same model with its adapter switched off"
+
+
+def test_reward_model_batches_work_without_a_native_pad_token(pair_dirs, tmp_path):
+    from tiny_model import build_tiny_model
+
+    llama = build_tiny_model(tmp_path / "llama", architecture="llama", pad=False)
+    trainer = reward_modeling.main(
+        [
+            "--model_name_or_path",
+            str(llama),
+            "--train_file_dir",
+            str(pair_dirs[0]),
+            "--validation_split_percentage",
+            "0",
+            "--template_name",
+            "chatml",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_steps",
+            "2",
+            *FAST,
+        ]
+    )
+    assert trainer.model.config.pad_token_id == trainer.processing_class.pad_token_id is not None
+    assert trainer.state.global_step == 2  # batches of 4 pairs of different lengths
+
+
+def test_an_empty_eval_split_is_skipped_not_crashed(tiny_model_dir, pair_dirs, tmp_path):
+    write_jsonl(
+        tmp_path / "eval" / "long.jsonl",
+        [{"prompt": "q", "chosen": "long answer " * 200, "rejected": "other long answer " * 200}],
+    )
+    trainer = reward_modeling.main(
+        [
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--train_file_dir",
+            str(pair_dirs[0]),
+            "--validation_file_dir",
+            str(tmp_path / "eval"),
+            "--do_eval",
+            "--template_name",
+            "chatml",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_steps",
+            "1",
+            *FAST,
+            "--max_length",
+            "40",
+            "--max_target_length",
+            "60",
+        ]
+    )
+    assert trainer.eval_dataset is None and trainer.state.global_step == 1
