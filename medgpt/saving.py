@@ -80,6 +80,13 @@ def save_outputs(
 
 def evaluate(trainer: Trainer, perplexity: bool = False) -> dict:
     """Evaluate and save eval metrics; for language-model losses also perplexity = exp(eval_loss)."""
+    from transformers.integrations import TensorBoardCallback
+    from transformers.integrations.integration_utils import default_logdir
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+            # Without a training run first, the callback would fall back to ./runs in the working directory.
+            callback.logging_dir = str(Path(trainer.args.output_dir, default_logdir()))
     metrics = trainer.evaluate()
     if perplexity and "eval_loss" in metrics:
         metrics["perplexity"] = math.exp(metrics["eval_loss"]) if metrics["eval_loss"] < 50 else float("inf")

@@ -715,3 +715,31 @@ def test_block_size_zero_means_the_tokenizer_length(tiny_model_dir, tmp_path):
         ]
     )
     assert max(len(ids) for ids in trainer.train_dataset["input_ids"]) <= 1024
+
+
+def test_eval_only_run_logs_into_output_dir(tiny_model_dir, sft_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "eval-only"
+    supervised_finetuning.main(
+        [
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--validation_file_dir",
+            str(ROOT / "data" / "sft"),
+            "--template_name",
+            "chatml",
+            "--output_dir",
+            str(out),
+            "--do_train",
+            "False",
+            "--do_eval",
+            "--peft_path",
+            str(sft_dir),
+            "--report_to",
+            "tensorboard",
+            "--disable_tqdm",
+            "True",
+        ]
+    )
+    assert json.loads((out / "eval_results.json").read_text())["eval_loss"] > 0
+    assert list(out.glob("runs/**/events.out.tfevents.*")) and not (tmp_path / "runs").exists()
