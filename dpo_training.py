@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> DPOTrainer:
             data_args, pref_args, tokenizer, template, training_args, model_args.cache_dir
         )
     args.check_eval_split(training_args, splits.get("validation"))
+    train_set, eval_set = preference.trainer_datasets(splits, TEXT_COLUMNS)
     max_length = training_args.max_length
 
     # The pairs already fit max_length, cut the right way (prompt first, stop tokens kept). TRL must not cut them
@@ -72,16 +73,17 @@ def main(argv: list[str] | None = None) -> DPOTrainer:
         model=model.load_model(model_args, lora_args, tokenizer, training_args, max_length),
         ref_model=None,  # LoRA: the adapter-disabled base; full fine-tuning: TRL keeps a frozen copy
         args=training_args,
-        train_dataset=splits["train"].select_columns(TEXT_COLUMNS) if "train" in splits else None,
-        eval_dataset=splits["validation"].select_columns(TEXT_COLUMNS) if "validation" in splits else None,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
         processing_class=tokenizer,
     )
-    if training_args.precompute_ref_log_probs:
+    training_args.max_length = max_length  # recorded as given (the pairs were cut to it above)
+    if training_args.precompute_ref_log_probs and trainer.is_world_process_zero():
         log_reference_cache(trainer, started)
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         saving.save_outputs(trainer, template, chat_args.tool_format, result.metrics)
-    if "validation" in splits and training_args.do_eval:
+    if eval_set is not None and training_args.do_eval:
         saving.evaluate(trainer)
     return trainer
 

@@ -46,7 +46,10 @@ class InferenceArguments:
     data_file: str | None = field(default=None, metadata={"help": "Batch input: .txt (a prompt per line) or .jsonl."})
     output_file: str = field(default="./predictions_result.jsonl", metadata={"help": "Batch output (JSONL)."})
     eval_batch_size: int = field(default=4, metadata={"help": "Prompts generated together in batch mode."})
-    resize_emb: bool = field(default=False, metadata={"help": "Resize base embeddings to the tokenizer first."})
+    resize_emb: bool = field(
+        default=False,
+        metadata={"help": "Grow the base embeddings to a larger tokenizer (vocabulary grown in training)."},
+    )
     load_in_8bit: bool = field(default=False, metadata={"help": "Load the model in 8-bit (bitsandbytes)."})
     load_in_4bit: bool = field(default=False, metadata={"help": "Load the model in 4-bit (bitsandbytes)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the checkpoint."})
@@ -67,12 +70,10 @@ def load(inf_args: InferenceArguments):
     tokenizer, template = model.load_chat_tokenizer(model_args, chat_args, padding_side="left")
     if inf_args.lora_model and not Path(inf_args.lora_model, "adapter_config.json").is_file():
         raise UserError(f"--lora_model {inf_args.lora_model} holds no adapter_config.json.")
-    lm = model.load_model(model_args, None, tokenizer, max_length=None)
+    lm = model.load_model(model_args, None, tokenizer, grow_embeddings=inf_args.resize_emb)
     if inf_args.lora_model:
         from peft import PeftModel
 
-        if inf_args.resize_emb and len(tokenizer) > lm.get_input_embeddings().weight.shape[0]:
-            lm.resize_token_embeddings(len(tokenizer))
         lm = PeftModel.from_pretrained(lm, inf_args.lora_model)
     return tokenizer, template, lm.eval()
 
@@ -164,8 +165,7 @@ def _conversation(row: object) -> list[dict]:
             raise RowError("messages", "has no user turn to answer")
         return turns
     if isinstance(row, dict) and isinstance(row.get("instruction"), str):
-        query = row["instruction"] + (f"\n{row['input']}" if row.get("input") else "")  # as in training
-        return [{"role": "user", "content": query}]
+        return formats.from_alpaca({**row, "output": ""})[0][:-1]  # system, history and instruction as in training
     key = next((k for k in PROMPT_KEYS if isinstance(row, dict) and isinstance(row.get(k), str)), None)
     if key is None:
         raise RowError(None, f"no prompt found; give one of {', '.join(PROMPT_KEYS)}, messages or conversations")

@@ -36,7 +36,9 @@ class MergeArguments:
     )
     resize_emb: bool = field(
         default=False,
-        metadata={"help": "Resize base embeddings to the tokenizer first (needed when training grew the vocabulary)."},
+        metadata={
+            "help": "Grow the base embeddings to the tokenizer first (needed when training grew the vocabulary)."
+        },
     )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
         default="auto",

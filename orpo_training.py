@@ -53,21 +53,22 @@ def main(argv: list[str] | None = None) -> ORPOTrainer:
     # Data is read, validated and rendered before anything is written to output_dir.
     with training_args.main_process_first(desc="render pairs"):
         splits = preference.load_pair_splits(
-            data_args, pref_args, tokenizer, template, training_args, model_args.cache_dir
+            data_args, pref_args, tokenizer, template, training_args, model_args.cache_dir, reserved_tokens=2
         )
     args.check_eval_split(training_args, splits.get("validation"))
+    train_set, eval_set = preference.trainer_datasets(splits, TEXT_COLUMNS)
 
     trainer = ORPOTrainer(
         model=model.load_model(model_args, lora_args, tokenizer, training_args, training_args.max_length),
         args=training_args,
-        train_dataset=splits["train"].select_columns(TEXT_COLUMNS) if "train" in splits else None,
-        eval_dataset=splits["validation"].select_columns(TEXT_COLUMNS) if "validation" in splits else None,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
         processing_class=tokenizer,
     )
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         saving.save_outputs(trainer, template, chat_args.tool_format, result.metrics)
-    if "validation" in splits and training_args.do_eval:
+    if eval_set is not None and training_args.do_eval:
         saving.evaluate(trainer)
     return trainer
 

@@ -38,20 +38,21 @@ def main(argv: list[str] | None = None) -> RewardTrainer:
             data_args, pref_args, tokenizer, template, training_args, model_args.cache_dir
         )
     args.check_eval_split(training_args, splits.get("validation"))
+    train_set, eval_set = preference.trainer_datasets(splits, ID_COLUMNS)
 
     trainer = RewardTrainer(
         model=model.load_model(
             model_args, lora_args, tokenizer, training_args, training_args.max_length, task="reward"
         ),
         args=training_args,
-        train_dataset=splits["train"].select_columns(ID_COLUMNS) if "train" in splits else None,
-        eval_dataset=splits["validation"].select_columns(ID_COLUMNS) if "validation" in splits else None,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
         processing_class=tokenizer,
     )
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         saving.save_outputs(trainer, template, chat_args.tool_format, result.metrics)
-    if "validation" in splits and training_args.do_eval:
+    if eval_set is not None and training_args.do_eval:
         saving.evaluate(trainer)
     return trainer
 

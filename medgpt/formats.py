@@ -295,20 +295,26 @@ def normalize_preference(row: dict, report: ReadReport) -> dict:
             {"instruction": row["question"], "output": "", "history": row.get("history"), "system": row.get("system")}
         )
         prompt = prompt[:-1]
-        chosen_value, rejected_value = row.get("response_chosen"), row.get("response_rejected")
-    elif "chosen" in row and "rejected" in row:  # TRL: explicit or implicit prompt
+        for name in ("response_chosen", "response_rejected"):
+            if row.get(name) is None:
+                raise RowError(name, "missing; these rows need question, response_chosen and response_rejected")
+        chosen_value, rejected_value = row["response_chosen"], row["response_rejected"]
+    elif "chosen" in row or "rejected" in row:  # TRL: explicit or implicit prompt
         tools = _tools(row.get("tools"))
-        if "prompt" not in row and isinstance(row["chosen"], list) and isinstance(row["rejected"], list):
+        chosen_value, rejected_value = row.get("chosen"), row.get("rejected")
+        if "prompt" not in row and isinstance(chosen_value, list) and isinstance(rejected_value, list):
             prompt, chosen_value, rejected_value = _implicit_prompt(row)
-            prompt = from_openai({"messages": prompt})[0] if prompt else []
+            if not prompt:
+                raise RowError("chosen", "shares no prompt turns with 'rejected'; give an explicit 'prompt'")
+            prompt = from_openai({"messages": prompt})[0]
+        elif "prompt" not in row:
+            raise RowError("prompt", "missing; give the question as 'prompt' (or whole chats as chosen/rejected)")
         else:
-            prompt = row.get("prompt")
-            prompt = (
-                [{"role": "user", "content": _text(prompt, "prompt")}]
-                if not isinstance(prompt, list)
-                else (from_openai({"messages": prompt})[0])
-            )
-            chosen_value, rejected_value = row["chosen"], row["rejected"]
+            prompt = row["prompt"]
+            if isinstance(prompt, list):
+                prompt = from_openai({"messages": prompt})[0]
+            else:
+                prompt = [{"role": "user", "content": _text(prompt, "prompt")}]
     else:
         keys = ", ".join(repr(k) for k in row) or "none"
         raise RowError(

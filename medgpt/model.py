@@ -170,8 +170,10 @@ def load_model(
     training_args: TrainingArguments | None = None,
     max_length: int | None = None,
     task: str = "causal",
+    grow_embeddings: bool = True,
 ) -> PreTrainedModel:
-    """Base model in its own dtype (never upcast to fp32), optionally quantized, with LoRA when use_peft."""
+    """Base model in its own dtype (never upcast to fp32), optionally quantized, with LoRA when use_peft.
+    Embeddings grow to a larger tokenizer (training); with grow_embeddings=False that is an error instead."""
     if training_args is not None:
         set_seed(training_args.seed)  # the same LoRA initialisation on every run (and so the same model hash)
     path = model_args.model_name_or_path
@@ -200,6 +202,11 @@ def load_model(
         raise _cannot_load("model weights", path, err) from None
 
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        if not grow_embeddings:
+            raise UserError(
+                f"the tokenizer has {len(tokenizer)} tokens but {path} has "
+                f"{model.get_input_embeddings().weight.shape[0]} embedding rows; pass --resize_emb True."
+            )
         logger.info(
             "resizing embeddings %d -> %d to match the tokenizer",
             model.get_input_embeddings().weight.shape[0],

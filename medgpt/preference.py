@@ -73,7 +73,8 @@ def encode_pair(tokenizer, template, row: dict, max_length: int, pref_args: Pref
     keep = min(len(prompt_ids), pref_args.max_source_length, max_length - answer_budget)
     if keep < len(prompt_ids):
         # Drop the oldest prompt tokens; a leading BOS stays first (and is never doubled: texts carry no new one).
-        bos = 1 if tokenizer.bos_token_id is not None and prompt_ids[0] == tokenizer.bos_token_id else 0
+        # A "BOS" that opens every turn (SmolLM2 declares <|im_start|> so) is a turn marker and is cut like text.
+        bos = int(prompt_ids[0] == tokenizer.bos_token_id and prompt_ids.count(tokenizer.bos_token_id) == 1)
         if keep <= bos:
             return {"prompt": "", "chosen": "", "rejected": "", "chosen_ids": [], "rejected_ids": []}
         cut = len(prompt_ids) - (keep - bos)
@@ -146,28 +147,44 @@ def score(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from medgpt.saving import read_template_name
-    from template import get_template
+    from template import get_template, with_tool_format
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="right")
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1).to(device).eval()
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    template = get_template(template_name or read_template_name(model_dir)[0], tokenizer)
+    saved_name, tool_format = read_template_name(model_dir)
+    template = get_template(template_name or saved_name, tokenizer)
+    if tool_format:
+        template = with_tool_format(template, tool_format)
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    scores = []
-    for answer in answers:
-        prompt_text, answer_text = split_answer(template, messages, {"role": "assistant", "content": answer}, tools)
-        inputs = tokenizer(prompt_text + answer_text, return_tensors="pt", add_special_tokens=False)
-        with torch.no_grad():
-            scores.append(model(**inputs).logits[0, 0].item())
-    return scores
+    texts = ["".join(split_answer(template, messages, {"role": "assistant", "content": a}, tools)) for a in answers]
+    inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    with torch.no_grad():
+        return model(**inputs).logits[:, 0].float().tolist()
+
+
+def trainer_datasets(splits: dict[str, Dataset], columns: list[str]) -> tuple[Dataset, Dataset | None]:
+    """(train, eval) datasets with the columns a TRL trainer reads. TRL needs a training split even to evaluate;
+    in an evaluation-only run the eval split stands in for it (prepared, never trained on)."""
+    train = splits.get("train", splits.get("validation"))
+    evaluation = splits.get("validation")
+    return train.select_columns(columns), evaluation.select_columns(columns) if evaluation is not None else None
 
 
 def load_pair_splits(
-    data_args, pref_args: PreferenceArguments, tokenizer, template, training_args, cache_dir: str | None = None
+    data_args,
+    pref_args: PreferenceArguments,
+    tokenizer,
+    template,
+    training_args,
+    cache_dir: str | None = None,
+    reserved_tokens: int = 0,
 ) -> dict[str, Dataset]:
     """Train (and eval, when wanted) pairs, read, validated, rendered and length-limited. An eval split that ends
-    up empty is left out with a warning instead of crashing the first evaluation."""
+    up empty is left out with a warning instead of crashing the first evaluation. `reserved_tokens` leaves room
+    for tokens a trainer adds on its own (ORPO may add a BOS and an eos)."""
 
     raw = data.load_datasets(data_args, "preference", training_args.seed, cache_dir=cache_dir)
     splits = {}
@@ -179,7 +196,7 @@ def load_pair_splits(
             rows,
             tokenizer,
             template,
-            training_args.max_length or 1024,
+            (training_args.max_length or 1024) - reserved_tokens,
             pref_args,
             data_args.preprocessing_num_workers,
             data_args.overwrite_cache,
@@ -190,5 +207,8 @@ def load_pair_splits(
             continue
         splits[name] = pairs
     if "train" in splits and len(splits["train"]) == 0:
-        raise UserError("no training pair fits the length limits; raise --max_length or --max_source_length.")
+        raise UserError(
+            "no training pair fits the length limits: the answers fill --max_length; lower --max_target_length "
+            "or raise --max_length."
+        )
     return splits

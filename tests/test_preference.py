@@ -618,3 +618,53 @@ def test_an_empty_eval_split_is_skipped_not_crashed(tiny_model_dir, pair_dirs, t
         ]
     )
     assert trainer.eval_dataset is None and trainer.state.global_step == 1
+
+
+@pytest.mark.parametrize(
+    "row, text",
+    [
+        ({"question": "q", "response_chosen": "a"}, "field 'response_rejected': missing"),
+        ({"chosen": "good", "rejected": "bad"}, "field 'prompt': missing"),
+        ({"prompt": "q", "chosen": "good"}, "field 'rejected': missing"),
+        (
+            {"chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]},
+            "shares no prompt turns",
+        ),
+    ],
+)
+def test_pair_errors_name_the_missing_field(row, text):
+    with pytest.raises(RowError, match=text):
+        normalize_preference(row, ReadReport())
+
+
+def test_a_bos_that_opens_every_turn_is_cut_like_text(tiny_model_dir):
+    """SmolLM2 declares <|im_start|> as its BOS; keeping it alone would leave a turn opener without a role."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.bos_token = "<|im_start|>"
+    out = encode_pair(
+        tokenizer, get_template("chatml"), pair("fever " * 60, "Rest.", "No."), 48, PreferenceArguments()
+    )
+    assert not out["prompt"].startswith("<|im_start|>fever")
+    assert out["prompt"].endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("stage", [dpo_training, reward_modeling, orpo_training])
+def test_evaluation_only_runs(stage, tiny_model_dir, pair_dirs, tmp_path):
+    trainer = stage.main(
+        [
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--validation_file_dir",
+            str(pair_dirs[1]),
+            "--do_train",
+            "False",
+            "--do_eval",
+            "--template_name",
+            "chatml",
+            "--output_dir",
+            str(tmp_path / "out"),
+            *FAST,
+        ]
+    )
+    assert trainer.state.global_step == 0
+    assert "eval_loss" in json.loads((tmp_path / "out" / "eval_results.json").read_text())

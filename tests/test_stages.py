@@ -743,3 +743,27 @@ def test_eval_only_run_logs_into_output_dir(tiny_model_dir, sft_dir, tmp_path, m
     )
     assert json.loads((out / "eval_results.json").read_text())["eval_loss"] > 0
     assert list(out.glob("runs/**/events.out.tfevents.*")) and not (tmp_path / "runs").exists()
+
+
+def test_inference_needs_resize_emb_for_a_grown_vocabulary(tiny_model_dir, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.add_tokens(["高血压"])
+    tokenizer.save_pretrained(tmp_path / "tok")
+    (tmp_path / "q.txt").write_text("高血压?\n")
+    flags = [
+        "--base_model",
+        str(tiny_model_dir),
+        "--tokenizer_path",
+        str(tmp_path / "tok"),
+        "--template_name",
+        "chatml",
+        "--data_file",
+        str(tmp_path / "q.txt"),
+        "--output_file",
+        str(tmp_path / "a.jsonl"),
+        "--max_new_tokens",
+        "2",
+    ]
+    with pytest.raises(UserError, match="pass --resize_emb True"):
+        inference.main(flags)
+    assert inference.main([*flags, "--resize_emb", "True"]).is_file()
