@@ -22,7 +22,6 @@ from medgpt.errors import UserError, run_cli
 from medgpt.formats import RowError
 
 logger = logging.getLogger(__name__)
-PROMPT_KEYS = ("prompt", "instruction", "question", "query", "input", "text")
 
 
 @dataclass
@@ -154,24 +153,6 @@ def interactive(lm, tokenizer, template, inf_args: InferenceArguments, gen_kwarg
     return history
 
 
-def _conversation(row: object) -> list[dict]:
-    """The turns to answer from one JSONL row: a chat (ShareGPT or OpenAI, answered after its last user turn),
-    an Alpaca instruction (+ input), or a single prompt field."""
-    if isinstance(row, dict) and ("messages" in row or "conversations" in row):
-        turns = (formats.from_openai(row) if "messages" in row else formats.from_sharegpt(row))[0]
-        while turns and turns[-1]["role"] != "user":
-            turns = turns[:-1]
-        if not turns:
-            raise RowError("messages", "has no user turn to answer")
-        return turns
-    if isinstance(row, dict) and isinstance(row.get("instruction"), str):
-        return formats.from_alpaca({**row, "output": ""})[0][:-1]  # system, history and instruction as in training
-    key = next((k for k in PROMPT_KEYS if isinstance(row, dict) and isinstance(row.get(k), str)), None)
-    if key is None:
-        raise RowError(None, f"no prompt found; give one of {', '.join(PROMPT_KEYS)}, messages or conversations")
-    return [{"role": "user", "content": row[key]}]
-
-
 def read_prompts(path: str) -> list[list[dict]]:
     """Conversations to answer: a .txt line is one question; a .jsonl row is messages/conversations (answered
     after its last user turn) or a single prompt field."""
@@ -193,7 +174,7 @@ def read_prompts(path: str) -> list[list[dict]]:
         except json.JSONDecodeError as err:
             raise UserError(f"{path}:{number}: invalid JSON ({err.msg}).") from None
         try:
-            conversations.append(_conversation(row))
+            conversations.append(formats.normalize_prompt(row))
         except RowError as err:
             raise UserError(f"{path}:{number}: {err}.") from None
     if not conversations:

@@ -147,10 +147,16 @@ def _build(generator: Callable, gen_kwargs: dict, what: str, cache_dir: str | No
             report.log(what)
             raise UserError(f"{what}: every row was skipped or empty; nothing left to train on.") from None
         raise err
+    # The summary is kept beside the cached rows, so a run that reads them from the cache still shows it.
+    summary = Path(dataset.cache_files[0]["filename"] + ".summary.json") if dataset.cache_files else None
     if report.rows or report.skipped:
         report.log(what)
+        if summary is not None:
+            summary.write_text(json.dumps(report.to_json()))
     else:
         logger.info("%s: %d rows (validated earlier, read from the datasets cache)", what, len(dataset))
+        if summary is not None and summary.is_file():
+            ReadReport.from_json(json.loads(summary.read_text())).log(f"{what} (when first read)")
     return dataset
 
 

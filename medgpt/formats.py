@@ -52,6 +52,13 @@ class ReadReport:
     notes: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
 
+    def to_json(self) -> dict:
+        return {"rows": self.rows, "skipped": self.skipped, "notes": self.notes, "examples": self.examples}
+
+    @classmethod
+    def from_json(cls, record: dict) -> "ReadReport":
+        return cls(record["rows"], Counter(record["skipped"]), Counter(record["notes"]), record["examples"])
+
     def log(self, what: str) -> None:
         skipped = sum(self.skipped.values())
         logger.info("%s: %d rows read, %d skipped", what, self.rows, skipped)
@@ -354,6 +361,30 @@ def check_prompt_order(prompt: list[dict]) -> None:
                 f"a {role!r} turn cannot follow {state!r}; expected {' or '.join(sorted(NEXT_ROLES[state]))}",
             )
         state = "tool_call" if role == "assistant" and prompt[i].get("tool_calls") else role
+
+
+# ---------------------------------------------------------------- prompts to answer
+
+PROMPT_KEYS = ("prompt", "instruction", "question", "query", "input", "text")
+
+
+def normalize_prompt(row: Any) -> list[dict]:
+    """The turns a model should answer, for generation (batch inference, later RL prompts): a chat (ShareGPT or
+    OpenAI, answered after its last user turn), an Alpaca row (system, history, instruction + input), or a single
+    prompt field."""
+    if isinstance(row, dict) and ("messages" in row or "conversations" in row):
+        turns = (from_openai(row) if "messages" in row else from_sharegpt(row))[0]
+        while turns and turns[-1]["role"] != "user":
+            turns = turns[:-1]
+        if not turns:
+            raise RowError("messages", "has no user turn to answer")
+        return turns
+    if isinstance(row, dict) and isinstance(row.get("instruction"), str):
+        return from_alpaca({**row, "output": ""})[0][:-1]  # system, history and instruction as in training
+    key = next((k for k in PROMPT_KEYS if isinstance(row, dict) and isinstance(row.get(k), str)), None)
+    if key is None:
+        raise RowError(None, f"no prompt found; give one of {', '.join(PROMPT_KEYS)}, messages or conversations")
+    return [{"role": "user", "content": row[key]}]
 
 
 NORMALIZERS: dict[str, Callable[[Any, ReadReport], dict | None]] = {

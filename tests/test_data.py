@@ -244,6 +244,15 @@ def test_rows_are_cached_and_a_changed_file_is_read_again(tmp_path, caplog):
     assert len(load_datasets(args, "chat", cache_dir=str(cache))["train"]) == 3
 
 
+def test_skip_summary_is_shown_again_on_a_cache_hit(tmp_path, caplog):
+    write_jsonl(tmp_path / "d" / "a.jsonl", [GOOD, "{oops", GOOD])
+    args = DataArguments(train_file_dir=str(tmp_path / "d"), skip_bad_rows=True, validation_split_percentage=0)
+    load_datasets(args, "chat", cache_dir=str(tmp_path / "cache"))
+    with caplog.at_level("INFO"):
+        load_datasets(args, "chat", cache_dir=str(tmp_path / "cache"))
+    assert "read from the datasets cache" in caplog.text and "skipped 1 rows: invalid JSON" in caplog.text
+
+
 def test_all_rows_skipped_is_a_clear_error(tmp_path):
     write_jsonl(tmp_path / "d" / "a.jsonl", [{"x": 1}, {"y": 2}])
     with pytest.raises(UserError, match="every row was skipped"):
