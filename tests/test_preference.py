@@ -668,3 +668,37 @@ def test_evaluation_only_runs(stage, tiny_model_dir, pair_dirs, tmp_path):
     )
     assert trainer.state.global_step == 0
     assert "eval_loss" in json.loads((tmp_path / "out" / "eval_results.json").read_text())
+
+
+def test_orpo_keeps_stop_tokens_on_pairs_at_the_length_limit(tiny_model_dir, tmp_path):
+    write_jsonl(
+        tmp_path / "d" / "long.jsonl",
+        [{"prompt": "fever " * 80, "chosen": "rest and water " * 40, "rejected": "nothing at all " * 40}] * 4,
+    )
+    trainer = orpo_training.main(
+        [
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--train_file_dir",
+            str(tmp_path / "d"),
+            "--validation_split_percentage",
+            "0",
+            "--template_name",
+            "chatml",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_steps",
+            "1",
+            *FAST,
+            "--max_length",
+            "64",
+            "--max_source_length",
+            "48",
+            "--max_target_length",
+            "24",
+        ]
+    )
+    stop = trainer.processing_class.convert_tokens_to_ids("<|im_end|>")
+    for row in trainer.train_dataset:
+        assert len(row["chosen_input_ids"]) <= 64 and row["chosen_input_ids"][-1] == stop
+        assert row["rejected_input_ids"][-1] == stop
