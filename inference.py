@@ -12,14 +12,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from threading import Thread
 
-import torch
-from transformers import TextIteratorStreamer, set_seed
+from transformers import set_seed
 
-from medgpt import args, formats, model, saving
+from medgpt import args, data, model, saving
 from medgpt.errors import UserError, run_cli
-from medgpt.formats import RowError
+from medgpt.generation import answer, answer_batch, generation_kwargs, stop_strings
 
 logger = logging.getLogger(__name__)
 
@@ -77,57 +75,9 @@ def load(inf_args: InferenceArguments):
     return tokenizer, template, lm.eval()
 
 
-def generation_kwargs(inf_args: InferenceArguments, tokenizer, template) -> dict:
-    stops = stop_strings(inf_args, template)
-    stop_ids = sorted(
-        {tokenizer.convert_tokens_to_ids(s) for s in stops if s in tokenizer.get_vocab()} | {tokenizer.eos_token_id}
-    )
-    multi_token_stops = [s for s in stops if s not in tokenizer.get_vocab()]
-    sampling = {"do_sample": True, "temperature": inf_args.temperature, "top_p": inf_args.top_p}
-    return {
-        "max_new_tokens": inf_args.max_new_tokens,
-        "repetition_penalty": inf_args.repetition_penalty,
-        "eos_token_id": stop_ids,
-        "pad_token_id": tokenizer.pad_token_id,
-        **(sampling if inf_args.temperature > 0 else {"do_sample": False}),
-        **({"stop_strings": multi_token_stops, "tokenizer": tokenizer} if multi_token_stops else {}),
-    }
-
-
-def stop_strings(inf_args: InferenceArguments, template) -> list[str]:
-    return [s for s in (*template.stop_words, inf_args.stop_str) if s]
-
-
-def cut_at_stop(text: str, stops: list[str]) -> str:
-    for stop in stops:
-        if stop and stop in text:
-            text = text[: text.index(stop)]
-    return text.strip()
-
-
-def answer(
-    lm, tokenizer, template, messages: list[dict], gen_kwargs: dict, stops: list[str], stream: bool = False
-) -> str:
-    prompt = template.render(messages, add_generation_prompt=True)
-    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(lm.device)
-    if not stream:
-        with torch.no_grad():
-            output = lm.generate(**inputs, **gen_kwargs)
-        text = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        return cut_at_stop(text, stops)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    thread = Thread(target=lm.generate, kwargs={**inputs, **gen_kwargs, "streamer": streamer})
-    thread.start()
-    pieces = []
-    for piece in streamer:
-        pieces.append(piece)
-        print(piece, end="", flush=True)
-    thread.join()
-    print()
-    return cut_at_stop("".join(pieces), stops)
-
-
-def interactive(lm, tokenizer, template, inf_args: InferenceArguments, gen_kwargs: dict) -> list[dict]:
+def interactive(
+    lm, tokenizer, template, inf_args: InferenceArguments, gen_kwargs: dict, stops: list[str]
+) -> list[dict]:
     """Multi-turn chat on stdin/stdout. Returns the conversation (for tests and logs)."""
     print("Chat started. Type 'clear' to forget the conversation, 'exit' to quit.")
     system = [{"role": "system", "content": inf_args.system_prompt}] if inf_args.system_prompt else []
@@ -147,39 +97,10 @@ def interactive(lm, tokenizer, template, inf_args: InferenceArguments, gen_kwarg
             continue
         print("Assistant: ", end="", flush=True)
         messages = system + history + [{"role": "user", "content": query}]
-        reply = answer(lm, tokenizer, template, messages, gen_kwargs, stop_strings(inf_args, template), stream=True)
+        reply = answer(lm, tokenizer, template, messages, gen_kwargs, stops, stream=True)
         turn = [{"role": "user", "content": query}, {"role": "assistant", "content": reply}]
         history = [] if inf_args.single_tune else history + turn
     return history
-
-
-def read_prompts(path: str) -> list[list[dict]]:
-    """Conversations to answer: a .txt line is one question; a .jsonl row is messages/conversations (answered
-    after its last user turn) or a single prompt field."""
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"--data_file {path}: file not found.")
-    if file.suffix == ".txt":
-        return [
-            [{"role": "user", "content": line.strip()}]
-            for line in file.read_text(encoding="utf-8").splitlines()
-            if line.strip()
-        ]
-    conversations = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{number}: invalid JSON ({err.msg}).") from None
-        try:
-            conversations.append(formats.normalize_prompt(row))
-        except RowError as err:
-            raise UserError(f"{path}:{number}: {err}.") from None
-    if not conversations:
-        raise UserError(f"--data_file {path} holds no prompts.")
-    return conversations
 
 
 def with_system(system: list[dict], conversation: list[dict]) -> list[dict]:
@@ -187,8 +108,8 @@ def with_system(system: list[dict], conversation: list[dict]) -> list[dict]:
     return conversation if conversation and conversation[0]["role"] == "system" else system + conversation
 
 
-def batch(lm, tokenizer, template, inf_args: InferenceArguments, gen_kwargs: dict) -> Path:
-    conversations = read_prompts(inf_args.data_file)
+def batch(lm, tokenizer, template, inf_args: InferenceArguments, gen_kwargs: dict, stops: list[str]) -> Path:
+    conversations = data.read_prompt_file(inf_args.data_file, "data_file")
     system = [{"role": "system", "content": inf_args.system_prompt}] if inf_args.system_prompt else []
     out = Path(inf_args.output_file)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -196,13 +117,9 @@ def batch(lm, tokenizer, template, inf_args: InferenceArguments, gen_kwargs: dic
     with partial.open("w", encoding="utf-8") as f:
         for start in range(0, len(conversations), inf_args.eval_batch_size):
             chunk = conversations[start : start + inf_args.eval_batch_size]
-            prompts = [template.render(with_system(system, c), add_generation_prompt=True) for c in chunk]
-            inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
-            with torch.no_grad():
-                output = lm.generate(**inputs, **gen_kwargs)
-            for conversation, ids in zip(chunk, output[:, inputs["input_ids"].shape[1] :], strict=True):
-                text = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop_strings(inf_args, template))
-                f.write(json.dumps({"Input": conversation[-1]["content"], "Output": text}, ensure_ascii=False) + "\n")
+            replies = answer_batch(lm, tokenizer, template, [with_system(system, c) for c in chunk], gen_kwargs, stops)
+            for conversation, reply in zip(chunk, replies, strict=True):
+                f.write(json.dumps({"Input": conversation[-1]["content"], "Output": reply}, ensure_ascii=False) + "\n")
             logger.info("answered %d/%d", min(start + len(chunk), len(conversations)), len(conversations))
     os.replace(partial, out)
     print(f"wrote {len(conversations)} answers to {out}")
@@ -216,10 +133,13 @@ def main(argv: list[str] | None = None):
     if inf_args.seed is not None:
         set_seed(inf_args.seed)
     tokenizer, template, lm = load(inf_args)
-    gen_kwargs = generation_kwargs(inf_args, tokenizer, template)
+    stops = stop_strings(template, inf_args.stop_str)
+    gen_kwargs = generation_kwargs(
+        tokenizer, stops, inf_args.max_new_tokens, inf_args.temperature, inf_args.top_p, inf_args.repetition_penalty
+    )
     if inf_args.interactive:
-        return interactive(lm, tokenizer, template, inf_args, gen_kwargs)
-    return batch(lm, tokenizer, template, inf_args, gen_kwargs)
+        return interactive(lm, tokenizer, template, inf_args, gen_kwargs, stops)
+    return batch(lm, tokenizer, template, inf_args, gen_kwargs, stops)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from datasets.exceptions import DatasetGenerationError
 from medgpt import __version__
 from medgpt.args import DataArguments
 from medgpt.errors import UserError
-from medgpt.formats import NORMALIZERS, ReadReport, RowError
+from medgpt.formats import NORMALIZERS, ReadReport, RowError, normalize_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -260,6 +260,35 @@ def _load_named_dataset(data_args: DataArguments, cache_dir: str | None) -> Data
             "Use a local folder with --train_file_dir, or check the name and your network/HF_DATASETS_OFFLINE."
         ) from None
     return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+
+
+def read_prompt_file(path: str, flag: str) -> list[list[dict]]:
+    """Conversations to answer: a .txt line is one question; a .jsonl row is messages/conversations (answered
+    after its last user turn) or a single prompt field."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--{flag} {path}: file not found.")
+    if file.suffix == ".txt":
+        return [
+            [{"role": "user", "content": line.strip()}]
+            for line in file.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
+    conversations = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{number}: invalid JSON ({err.msg}).") from None
+        try:
+            conversations.append(normalize_prompt(row))
+        except RowError as err:
+            raise UserError(f"{path}:{number}: {err}.") from None
+    if not conversations:
+        raise UserError(f"--{flag} {path} holds no prompts.")
+    return conversations
 
 
 def cap(dataset: Dataset | None, limit: int | None) -> Dataset | None:

@@ -165,26 +165,28 @@ def from_alpaca(row: dict) -> tuple[list[dict], list]:
     return messages, []
 
 
+def _openai_message(message: Any, where: str) -> dict:
+    """One OpenAI-style message -> {"role", "content"[, "tool_calls"]}."""
+    if not isinstance(message, dict) or "role" not in message:
+        raise RowError(where, 'each message needs "role" and "content"')
+    role = "tool" if message["role"] == "function" else message["role"]
+    if role not in OPENAI_ROLES:
+        raise RowError(f"{where}.role", f"unknown role {role!r}; use one of {', '.join(sorted(OPENAI_ROLES))}")
+    content = message.get("content")
+    normalized = {"role": role, "content": "" if content is None else _text(content, f"{where}.content")}
+    if message.get("tool_calls"):
+        if role != "assistant":
+            raise RowError(f"{where}.tool_calls", "only assistant messages can make tool calls")
+        normalized["tool_calls"] = [_tool_call(c, f"{where}.tool_calls") for c in message["tool_calls"]]
+    elif content is None:
+        raise RowError(f"{where}.content", "missing")
+    return normalized
+
+
 def from_openai(row: dict) -> tuple[list[dict], list]:
     if not isinstance(row["messages"], list):
         raise RowError("messages", "expected a list of {role, content} messages")
-    messages = []
-    for i, message in enumerate(row["messages"]):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict) or "role" not in message:
-            raise RowError(where, 'each message needs "role" and "content"')
-        role = "tool" if message["role"] == "function" else message["role"]
-        if role not in OPENAI_ROLES:
-            raise RowError(f"{where}.role", f"unknown role {role!r}; use one of {', '.join(sorted(OPENAI_ROLES))}")
-        content = message.get("content")
-        normalized = {"role": role, "content": "" if content is None else _text(content, f"{where}.content")}
-        if message.get("tool_calls"):
-            if role != "assistant":
-                raise RowError(f"{where}.tool_calls", "only assistant messages can make tool calls")
-            normalized["tool_calls"] = [_tool_call(c, f"{where}.tool_calls") for c in message["tool_calls"]]
-        elif content is None:
-            raise RowError(f"{where}.content", "missing")
-        messages.append(normalized)
+    messages = [_openai_message(message, f"messages[{i}]") for i, message in enumerate(row["messages"])]
     return messages, _tools(row.get("tools"))
 
 
@@ -273,8 +275,7 @@ def _answer(value: Any, where: str) -> dict:
     if isinstance(value, dict):
         if value.get("role", "assistant") != "assistant":
             raise RowError(where, f"the answer must be an assistant message, got role {value.get('role')!r}")
-        answer = from_openai({"messages": [{"role": "user", "content": "-"}, {**value, "role": "assistant"}]})
-        message = answer[0][1]
+        message = _openai_message({**value, "role": "assistant"}, where)
     else:
         message = {"role": "assistant", "content": _text(value, where)}
     if not message["content"].strip() and not message.get("tool_calls"):

@@ -17,6 +17,7 @@ from datasets import Dataset
 from medgpt import args, data
 from medgpt.args import PreferenceArguments
 from medgpt.errors import UserError
+from medgpt.tokenization import map_and_drop_empty
 
 logger = logging.getLogger(__name__)
 
@@ -106,30 +107,17 @@ def tokenize_pairs(
     overwrite_cache: bool = False,
     what: str = "train",
 ) -> Dataset:
-    encoded = dataset.map(
+    fn_kwargs = {"tokenizer": tokenizer, "template": template, "max_length": max_length, "pref_args": pref_args}
+    return map_and_drop_empty(
+        dataset,
         _pair_batch,
-        batched=True,
-        num_proc=num_proc,
-        remove_columns=dataset.column_names,
-        load_from_cache_file=not overwrite_cache,
-        desc=f"Rendering {what} pairs",
-        fn_kwargs={"tokenizer": tokenizer, "template": template, "max_length": max_length, "pref_args": pref_args},
+        fn_kwargs,
+        "chosen_ids",
+        num_proc,
+        overwrite_cache,
+        f"Rendering {what} pairs",
+        f"the answers leave no room for a prompt in {max_length}",
     )
-    kept = encoded.filter(
-        lambda ids: len(ids) > 0,
-        input_columns="chosen_ids",
-        num_proc=num_proc,
-        desc=f"Dropping {what} pairs with no room for the prompt",
-    )
-    if len(kept) < len(encoded):
-        logger.warning(
-            "%s: %d of %d pairs dropped: the answers leave no room for the prompt within max_length %d",
-            what,
-            len(encoded) - len(kept),
-            len(encoded),
-            max_length,
-        )
-    return kept
 
 
 def score(

@@ -44,7 +44,8 @@ def encode_segments(tokenizer, segments: list[tuple[str, bool]]) -> tuple[list[i
             ids += piece
             starts += [position] * len(piece)
             position += len(text)
-    supervised = [any(lo <= s < hi for lo, hi in spans) for s in starts]
+    span_starts = [lo for lo, _ in spans]
+    supervised = [(i := bisect.bisect_right(span_starts, s) - 1) >= 0 and s < spans[i][1] for s in starts]
     ends = [bisect.bisect_left(starts, hi) for _, hi in spans]
     return ids, supervised, ends
 
@@ -85,6 +86,32 @@ def _sft_batch(batch: dict, tokenizer, template, max_length: int, train_on_input
     return output
 
 
+def map_and_drop_empty(
+    dataset: Dataset,
+    function,
+    fn_kwargs: dict,
+    column: str,
+    num_proc: int | None,
+    overwrite_cache: bool,
+    desc: str,
+    dropped_because: str,
+) -> Dataset:
+    """Batched, cached `datasets.map`, then drop (and count in the log) rows whose `column` came out empty."""
+    mapped = dataset.map(
+        function,
+        batched=True,
+        num_proc=num_proc,
+        remove_columns=dataset.column_names,
+        load_from_cache_file=not overwrite_cache,
+        fn_kwargs=fn_kwargs,
+        desc=desc,
+    )
+    kept = mapped.filter(lambda ids: len(ids) > 0, input_columns=column, num_proc=num_proc, desc="Dropping empty rows")
+    if len(kept) < len(mapped):
+        logger.warning("%s: %d of %d rows dropped: %s", desc, len(mapped) - len(kept), len(mapped), dropped_because)
+    return kept
+
+
 def tokenize_sft(
     dataset: Dataset,
     tokenizer,
@@ -95,35 +122,22 @@ def tokenize_sft(
     overwrite_cache: bool = False,
     what: str = "train",
 ) -> Dataset:
-    tokenized = dataset.map(
+    fn_kwargs = {
+        "tokenizer": tokenizer,
+        "template": template,
+        "max_length": max_length,
+        "train_on_inputs": train_on_inputs,
+    }
+    return map_and_drop_empty(
+        dataset,
         _sft_batch,
-        batched=True,
-        num_proc=num_proc,
-        remove_columns=dataset.column_names,
-        load_from_cache_file=not overwrite_cache,
-        fn_kwargs={
-            "tokenizer": tokenizer,
-            "template": template,
-            "max_length": max_length,
-            "train_on_inputs": train_on_inputs,
-        },
-        desc=f"Tokenizing {what}",
+        fn_kwargs,
+        "input_ids",
+        num_proc,
+        overwrite_cache,
+        f"Tokenizing {what}",
+        f"the prompt alone reaches --model_max_length {max_length}",
     )
-    kept = tokenized.filter(
-        lambda ids: len(ids) > 0,
-        input_columns="input_ids",
-        num_proc=num_proc,
-        desc=f"Dropping {what} rows with nothing to learn",
-    )
-    if len(kept) < len(tokenized):
-        logger.warning(
-            "%s: %d of %d rows dropped: their prompt alone reaches --model_max_length %d",
-            what,
-            len(tokenized) - len(kept),
-            len(tokenized),
-            max_length,
-        )
-    return kept
 
 
 def _text_batch(batch: dict, tokenizer) -> dict:
