@@ -60,7 +60,6 @@ def main(argv: list[str] | None = None) -> DPOTrainer:
         splits = preference.load_pair_splits(
             data_args, pref_args, tokenizer, template, training_args, model_args.cache_dir
         )
-    args.check_eval_split(training_args, splits.get("validation"))
     train_set, eval_set = preference.trainer_datasets(splits, TEXT_COLUMNS)
     max_length = training_args.max_length
 

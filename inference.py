@@ -15,7 +15,7 @@ from pathlib import Path
 
 from transformers import set_seed
 
-from medgpt import args, data, model, saving
+from medgpt import args, data, model
 from medgpt.errors import UserError, run_cli
 from medgpt.generation import answer, answer_batch, generation_kwargs, stop_strings
 
@@ -53,26 +53,18 @@ class InferenceArguments:
 
 
 def load(inf_args: InferenceArguments):
-    """Tokenizer (left padding for batches), template and model (+ adapter)."""
-    has_tokenizer = inf_args.lora_model and Path(inf_args.lora_model, "tokenizer_config.json").is_file()
-    model_args = args.ModelArguments(
-        model_name_or_path=inf_args.base_model,
-        tokenizer_name_or_path=inf_args.tokenizer_path or (inf_args.lora_model if has_tokenizer else None),
+    """Model (+ adapter), tokenizer (left padding for batches) and the template it was trained with."""
+    lm, tokenizer, template = model.load_saved(
+        inf_args.base_model,
+        inf_args.lora_model,
+        template_name=inf_args.template_name,
+        tokenizer_path=inf_args.tokenizer_path,
         load_in_8bit=inf_args.load_in_8bit,
         load_in_4bit=inf_args.load_in_4bit,
+        resize_emb=inf_args.resize_emb,
+        trust_remote_code=inf_args.trust_remote_code,
     )
-    model_args.trust_remote_code = inf_args.trust_remote_code
-    saved_name, tool_format = saving.read_template_name(inf_args.lora_model or inf_args.base_model)
-    chat_args = args.ChatArguments(template_name=inf_args.template_name or saved_name, tool_format=tool_format)
-    tokenizer, template = model.load_chat_tokenizer(model_args, chat_args, padding_side="left")
-    if inf_args.lora_model and not Path(inf_args.lora_model, "adapter_config.json").is_file():
-        raise UserError(f"--lora_model {inf_args.lora_model} holds no adapter_config.json.")
-    lm = model.load_model(model_args, None, tokenizer, grow_embeddings=inf_args.resize_emb)
-    if inf_args.lora_model:
-        from peft import PeftModel
-
-        lm = PeftModel.from_pretrained(lm, inf_args.lora_model)
-    return tokenizer, template, lm.eval()
+    return tokenizer, template, lm
 
 
 def interactive(

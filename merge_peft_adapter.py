@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig
 
 from medgpt import args, saving
 from medgpt.errors import UserError, run_cli
-from medgpt.model import sync_special_tokens
+from medgpt.model import load_saved
 
 logger = logging.getLogger(__name__)
-TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model", "vocab.json")
 
 
 @dataclass
@@ -64,13 +63,6 @@ def check_paths(merge_args: MergeArguments) -> None:
         raise UserError(f"--output_dir {out} must differ from --base_model and --lora_model.")
 
 
-def tokenizer_source(merge_args: MergeArguments) -> str:
-    if merge_args.tokenizer_path:
-        return merge_args.tokenizer_path
-    has_tokenizer = any(Path(merge_args.lora_model, f).is_file() for f in TOKENIZER_FILES)
-    return merge_args.lora_model if has_tokenizer else merge_args.base_model
-
-
 def checkpoint_dtype(config) -> torch.dtype:
     """The dtype the base checkpoint was stored in (float32 when it does not say)."""
     dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
@@ -91,41 +83,25 @@ def check_sample(tokenizer) -> dict[str, torch.Tensor]:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    from peft import PeftConfig, PeftModel
+    from peft import PeftConfig
 
     (merge_args,) = args.parse((MergeArguments,), argv)
     check_paths(merge_args)
     peft_config = PeftConfig.from_pretrained(merge_args.lora_model)
     reward = peft_config.task_type == "SEQ_CLS"
-    model_class = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
-    tokenizer = AutoTokenizer.from_pretrained(
-        tokenizer_source(merge_args), trust_remote_code=merge_args.trust_remote_code
+    # Merge in fp32 so the check is exact and the weights are rounded once, when saved in the target dtype.
+    model, tokenizer, _ = load_saved(
+        merge_args.base_model,
+        merge_args.lora_model,
+        task="reward" if reward else "causal",
+        tokenizer_path=merge_args.tokenizer_path,
+        padding_side="right",
+        torch_dtype="float32",
+        resize_emb=merge_args.resize_emb,
+        trust_remote_code=merge_args.trust_remote_code,
     )
-    try:
-        # Merge in fp32 so the check is exact and the weights are rounded once, when saved in the target dtype.
-        base = model_class.from_pretrained(
-            merge_args.base_model,
-            dtype=torch.float32,
-            trust_remote_code=merge_args.trust_remote_code,
-            **({"num_labels": 1} if reward else {}),
-        )
-    except (OSError, ValueError) as err:
-        raise UserError(
-            f"--base_model {merge_args.base_model}: cannot load it ({str(err).splitlines()[0]})."
-        ) from None
     stored = AutoConfig.from_pretrained(merge_args.base_model, trust_remote_code=merge_args.trust_remote_code)
     saved_dtype = checkpoint_dtype(stored) if merge_args.dtype == "auto" else getattr(torch, merge_args.dtype)
-    rows = base.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) != rows:
-        if not merge_args.resize_emb and len(tokenizer) > rows:
-            raise UserError(
-                f"the tokenizer has {len(tokenizer)} tokens but {merge_args.base_model} has {rows} "
-                "embedding rows (the vocabulary grew in training); pass --resize_emb True."
-            )
-        if merge_args.resize_emb and len(tokenizer) > rows:  # grow only: many models pad their vocabulary
-            base.resize_token_embeddings(len(tokenizer))
-    sync_special_tokens(base, tokenizer)
-    model = PeftModel.from_pretrained(base, merge_args.lora_model).eval()
 
     sample = check_sample(tokenizer)
     with torch.no_grad():

@@ -55,7 +55,6 @@ def main(argv: list[str] | None = None) -> ORPOTrainer:
         splits = preference.load_pair_splits(
             data_args, pref_args, tokenizer, template, training_args, model_args.cache_dir, reserved_tokens=2
         )
-    args.check_eval_split(training_args, splits.get("validation"))
     train_set, eval_set = preference.trainer_datasets(splits, TEXT_COLUMNS)
 
     trainer = ORPOTrainer(

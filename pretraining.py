@@ -49,26 +49,23 @@ def main(argv: list[str] | None = None) -> Trainer:
     # Data is read, validated and tokenized before anything is written to output_dir.
     with training_args.main_process_first(desc="tokenize"):
         raw = data.load_datasets(data_args, "text", training_args.seed, pt_args.keep_linebreaks, model_args.cache_dir)
-        splits = {}
-        for name, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
-            if name not in raw or (name == "validation" and not args.wants_eval(training_args)):
-                continue
-            blocks = tokenization.tokenize_pretrain(
-                raw[name],
+        splits = data.prepare_splits(
+            raw,
+            data_args,
+            training_args,
+            lambda rows, name: tokenization.tokenize_pretrain(
+                rows,
                 tokenizer,
                 block_size,
                 pt_args.packing,
                 data_args.preprocessing_num_workers,
                 data_args.overwrite_cache,
                 what=name,
-            )
-            if len(blocks) == 0:
-                raise UserError(
-                    f"{name} data has fewer tokens than one --block_size {block_size} block; lower "
-                    "--block_size, add text, or use --packing False."
-                )
-            splits[name] = data.cap(blocks, limit)  # MedicalGPT semantics: the cap counts blocks, not documents
-    args.check_eval_split(training_args, splits.get("validation"))
+            ),
+            f"the data has fewer tokens than one --block_size {block_size} block; lower --block_size, add text, "
+            "or use --packing False.",
+            cap_rows=False,  # MedicalGPT semantics: the cap counts blocks, not documents
+        )
 
     trainer = Trainer(
         model=model.load_model(model_args, lora_args, tokenizer, training_args, block_size),

@@ -48,12 +48,9 @@ def main(argv: list[str] | None = None) -> Trainer:
     # Data is read, validated and tokenized before anything is written to output_dir.
     with training_args.main_process_first(desc="tokenize"):
         raw = data.load_datasets(data_args, "chat", training_args.seed, cache_dir=model_args.cache_dir)
-        splits = {}
-        for name, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
-            if name not in raw or (name == "validation" and not args.wants_eval(training_args)):
-                continue
-            rows = data.cap(raw[name].shuffle(seed=training_args.seed), limit)
-            splits[name] = tokenization.tokenize_sft(
+
+        def prepare(rows, name):
+            tokenized = tokenization.tokenize_sft(
                 rows,
                 tokenizer,
                 template,
@@ -63,17 +60,18 @@ def main(argv: list[str] | None = None) -> Trainer:
                 data_args.overwrite_cache,
                 what=name,
             )
-            if len(splits[name]) == 0:
-                if name == "train":
-                    raise UserError(
-                        f"no training row fits --model_max_length {sft_args.model_max_length}: every "
-                        "prompt alone is longer. Raise --model_max_length."
-                    )
-                del splits[name]  # evaluation is skipped rather than crashing on an empty split
-                continue
-            if sft_args.packing:
-                splits[name] = tokenization.pack(splits[name], sft_args.model_max_length, training_args.seed)
-    args.check_eval_split(training_args, splits.get("validation"))
+            if sft_args.packing and len(tokenized):
+                return tokenization.pack(tokenized, sft_args.model_max_length, training_args.seed)
+            return tokenized
+
+        splits = data.prepare_splits(
+            raw,
+            data_args,
+            training_args,
+            prepare,
+            f"no training row fits --model_max_length {sft_args.model_max_length}: every prompt alone is longer. "
+            "Raise --model_max_length.",
+        )
 
     trainer = Trainer(
         model=model.load_model(model_args, lora_args, tokenizer, training_args, sft_args.model_max_length),

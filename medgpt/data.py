@@ -15,14 +15,19 @@ from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from datasets.exceptions import DatasetGenerationError
 
 from medgpt import __version__
-from medgpt.args import DataArguments
+from medgpt.args import DataArguments, check_eval_split, wants_eval
 from medgpt.errors import UserError
 from medgpt.formats import NORMALIZERS, ReadReport, RowError, normalize_prompt
 
 logger = logging.getLogger(__name__)
 
-Kind = Literal["chat", "text", "preference"]
-EXTENSIONS = {"chat": (".jsonl", ".json"), "text": (".txt", ".jsonl", ".json"), "preference": (".jsonl", ".json")}
+Kind = Literal["chat", "text", "preference", "prompt"]
+EXTENSIONS = {
+    "chat": (".jsonl", ".json"),
+    "text": (".txt", ".jsonl", ".json"),
+    "preference": (".jsonl", ".json"),
+    "prompt": (".jsonl", ".json"),
+}
 
 
 # ---------------------------------------------------------------- reading files
@@ -245,6 +250,41 @@ def load_datasets(
         else:
             logger.warning("only %d training row: no validation split held out", len(train))
     return DatasetDict(splits)
+
+
+def prepare_splits(
+    raw: DatasetDict,
+    data_args: DataArguments,
+    training_args,
+    prepare: Callable[[Dataset, str], Dataset],
+    empty_train: str,
+    cap_rows: bool = True,
+) -> dict[str, Dataset]:
+    """Train and eval splits ready for a trainer, the same way for every stage.
+
+    Each split is shuffled with the seed and capped at --max_train_samples / --max_eval_samples, then given to
+    `prepare(rows, split_name)` (tokenize, render, pack). With `cap_rows=False` the rows stay in order and the cap
+    counts what `prepare` made (pre-training blocks, as in MedicalGPT). The eval split is only prepared when
+    evaluation is wanted. One rule for emptiness: no training row left is an error ending with `empty_train` (the
+    fix); an empty eval split is left out with a warning, and a run that evaluates during training without any eval
+    split stops before training.
+    """
+    splits: dict[str, Dataset] = {}
+    for name, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
+        if name not in raw or (name == "validation" and not wants_eval(training_args)):
+            continue
+        rows = cap(raw[name].shuffle(seed=training_args.seed), limit) if cap_rows else raw[name]
+        prepared = prepare(rows, name)
+        if not cap_rows:
+            prepared = cap(prepared, limit)
+        if len(prepared) == 0:
+            if name == "train":
+                raise UserError(f"no training data left: {empty_train}")
+            logger.warning("the eval split is empty after preparation; evaluation is skipped")
+            continue
+        splits[name] = prepared
+    check_eval_split(training_args, splits.get("validation"))
+    return splits
 
 
 def _load_named_dataset(data_args: DataArguments, cache_dir: str | None) -> DatasetDict:

@@ -12,6 +12,8 @@ Preference formats (a prompt and two answers, chosen and rejected):
   legacy      {"question", "response_chosen", "response_rejected", "history"?, "system"?}
   trl         {"prompt"?: str | messages, "chosen": str | messages, "rejected": str | messages}
 Pre-training: a line of a `.txt` file, or {"text": ...}.
+Prompts (RL stages and batch inference): any chat row (the final answer becomes the reference), {"question",
+"answer"}, multiple choice {"question", "options", "answer"}, or {"prompt", "answer"?}; see normalize_prompt_row.
 """
 
 import json
@@ -364,32 +366,110 @@ def check_prompt_order(prompt: list[dict]) -> None:
         state = "tool_call" if role == "assistant" and prompt[i].get("tool_calls") else role
 
 
-# ---------------------------------------------------------------- prompts to answer
+# ---------------------------------------------------------------- prompts to answer (inference, PPO, GRPO)
 
 PROMPT_KEYS = ("prompt", "instruction", "question", "query", "input", "text")
+ANSWER_KEYS = ("answer", "solution", "output", "response")
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+PROMPT_COLUMNS = ("prompt", "tools", "answer", "options", "extra")
+
+
+def _options(value: Any) -> dict[str, str]:
+    """Multiple-choice options: {"A": text, ...} or a list of texts (lettered A, B, ...)."""
+    if isinstance(value, list):
+        value = dict(zip(LETTERS, value, strict=False))
+    if not isinstance(value, dict) or not value:
+        raise RowError("options", 'expected {"A": "option text", ...} or a list of option texts')
+    return {str(k).strip(): _text(v, f"options[{k!r}]") for k, v in value.items()}
+
+
+def _choice_answer(value: Any, options: dict[str, str]) -> str:
+    """The correct letter(s) of a multiple-choice row: "B", "AC", or an option index (MedMCQA's `cop`)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(options):
+        return list(options)[value]
+    letters = "".join(ch for ch in _text(value, "answer").upper() if ch.isalnum())
+    if not letters or any(letter not in options for letter in letters):
+        raise RowError("answer", f"{value!r} is not among the option letters {', '.join(options)}")
+    return letters
+
+
+def _chat_prompt(row: dict) -> tuple[list[dict], list, str]:
+    """A chat row as prompt turns and reference answer: the final assistant turn (if any) is the answer."""
+    turns, tools = from_openai(row) if "messages" in row else from_sharegpt(row)
+    answer = ""
+    if turns and turns[-1]["role"] == "assistant":
+        answer = turns[-1]["content"]
+        turns = turns[:-1]
+    return turns, tools, answer
+
+
+def normalize_prompt_row(row: Any, report: ReadReport | None = None) -> dict:
+    """A prompt to answer and what the reward functions may check the answer against.
+
+    Accepted rows: a chat (ShareGPT or OpenAI; a final assistant turn becomes the reference answer, earlier turns
+    stay as history), an Alpaca row (output = reference), {"question", "answer"} (MedicalGPT's GRPO rows), a
+    multiple-choice row {"question", "options", "answer": letter(s)}, or {"prompt": text or messages, "answer"?}.
+    Any other scalar fields are kept in `extra` (JSON) for custom reward functions.
+    """
+    if not isinstance(row, dict):
+        raise RowError("row", f"expected a JSON object, got {type(row).__name__}")
+    tools: list = []
+    answer: Any = ""
+    options: dict[str, str] = {}
+    used = {"tools", "options", "system", "system_prompt", *ANSWER_KEYS}
+    if "messages" in row or "conversations" in row:
+        prompt, tools, answer = _chat_prompt(row)
+        used |= {"messages", "conversations"}
+    elif isinstance(row.get("instruction"), str):
+        prompt = from_alpaca({**row, "output": ""})[0][:-1]  # system, history and instruction as in training
+        used |= {"instruction", "input", "history"}
+    else:
+        key = next((k for k in PROMPT_KEYS if k in row), None)
+        if key is None:
+            keys = ", ".join(repr(k) for k in row) or "none"
+            raise RowError(
+                "row",
+                f"no prompt found (keys: {keys}); give one of {', '.join(PROMPT_KEYS)}, messages or conversations",
+            )
+        used.add(key)
+        value = row[key]
+        if isinstance(value, list):
+            prompt, tools = from_openai({"messages": value, "tools": row.get("tools")})
+        else:
+            prompt = [{"role": "user", "content": _text(value, key)}]
+            system = row.get("system_prompt") or row.get("system")
+            if system:
+                prompt.insert(0, {"role": "system", "content": _text(system, "system")})
+    if not answer:
+        answer = next((row[k] for k in ANSWER_KEYS if row.get(k) not in (None, "")), "")
+    if row.get("options") not in (None, "", [], {}):
+        options = _options(row["options"])
+        answer = _choice_answer(answer, options) if answer not in (None, "") else ""
+        listing = "\n".join(f"{letter}. {text}" for letter, text in options.items())
+        prompt[-1] = {**prompt[-1], "content": f"{prompt[-1]['content']}\n{listing}"}
+    elif not isinstance(answer, str):
+        answer = json.dumps(answer, ensure_ascii=False) if isinstance(answer, (list, dict)) else str(answer)
+    if not prompt or prompt[-1]["role"] not in ("user", "tool"):
+        raise RowError("prompt", "has no user turn to answer")
+    check_prompt_order(prompt)
+    extra = {k: v for k, v in row.items() if k not in used and isinstance(v, (str, int, float, bool))}
+    return {
+        "prompt": json.dumps(prompt, ensure_ascii=False),
+        "tools": json.dumps(tools) if tools else "",
+        "answer": answer,
+        "options": json.dumps(options, ensure_ascii=False) if options else "",
+        "extra": json.dumps(extra, ensure_ascii=False) if extra else "",
+    }
 
 
 def normalize_prompt(row: Any) -> list[dict]:
-    """The turns a model should answer, for generation (batch inference, later RL prompts): a chat (ShareGPT or
-    OpenAI, answered after its last user turn), an Alpaca row (system, history, instruction + input), or a single
-    prompt field."""
-    if isinstance(row, dict) and ("messages" in row or "conversations" in row):
-        turns = (from_openai(row) if "messages" in row else from_sharegpt(row))[0]
-        while turns and turns[-1]["role"] != "user":
-            turns = turns[:-1]
-        if not turns:
-            raise RowError("messages", "has no user turn to answer")
-        return turns
-    if isinstance(row, dict) and isinstance(row.get("instruction"), str):
-        return from_alpaca({**row, "output": ""})[0][:-1]  # system, history and instruction as in training
-    key = next((k for k in PROMPT_KEYS if isinstance(row, dict) and isinstance(row.get(k), str)), None)
-    if key is None:
-        raise RowError(None, f"no prompt found; give one of {', '.join(PROMPT_KEYS)}, messages or conversations")
-    return [{"role": "user", "content": row[key]}]
+    """The turns a model should answer (batch inference): a prompt row without its reference answer."""
+    return json.loads(normalize_prompt_row(row)["prompt"])
 
 
 NORMALIZERS: dict[str, Callable[[Any, ReadReport], dict | None]] = {
     "chat": normalize_chat,
     "text": normalize_text,
     "preference": normalize_preference,
+    "prompt": normalize_prompt_row,
 }

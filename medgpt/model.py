@@ -3,6 +3,7 @@
 import importlib.util
 import logging
 import math
+from pathlib import Path
 
 import torch
 from transformers import (
@@ -35,8 +36,8 @@ def _hub_kwargs(model_args: ModelArguments) -> dict:
 def _cannot_load(what: str, path: str, err: Exception) -> UserError:
     first_line = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
     return UserError(
-        f"cannot load the {what} from {path!r}: {first_line}. Point --model_name_or_path (or "
-        "--tokenizer_name_or_path) at a local model folder, or a hub id when you are online."
+        f"cannot load the {what} from {path!r}: {first_line}. Point the model flag (--model_name_or_path, "
+        "--tokenizer_name_or_path, --base_model, ...) at a local model folder, or a hub id when you are online."
     )
 
 
@@ -260,3 +261,60 @@ def add_lora(model: PreTrainedModel, lora_args: LoraArguments, task: str, quanti
     trainable, total = model.get_nb_trainable_parameters()
     logger.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
     return model
+
+
+def load_saved(
+    model_dir: str,
+    lora_model: str | None = None,
+    *,
+    task: str = "causal",
+    template_name: str | None = None,
+    tokenizer_path: str | None = None,
+    padding_side: str = "left",
+    torch_dtype: str | None = None,
+    load_in_8bit: bool = False,
+    load_in_4bit: bool = False,
+    resize_emb: bool = False,
+    trust_remote_code: bool = False,
+    flags: tuple[str, str] = ("--base_model", "--lora_model"),
+):
+    """(model, tokenizer, template) of a saved model folder, or of a base model plus a LoRA adapter folder.
+
+    The chat template is the one the model was trained with (template_config.json beside the weights or the
+    adapter) unless `template_name` is given. The tokenizer is the adapter's when it saved one (a grown
+    vocabulary travels with the adapter), else the model's. task="reward" loads a one-score sequence classifier.
+    Used by inference, merge, reward scoring, PPO and GRPO; `flags` name the options in error messages.
+
+        lm, tokenizer, template = load_saved("merged-sft")
+        rm, rm_tokenizer, rm_template = load_saved("merged-sft", "outputs-rm", task="reward")
+    """
+    from peft import PeftModel
+
+    from medgpt.saving import read_template_name
+
+    for flag, folder in zip(flags, (model_dir, lora_model), strict=True):
+        if folder and not Path(folder).is_dir() and (folder.startswith((".", "/", "~")) or folder.count("/") > 1):
+            raise UserError(f"{flag} {folder}: no such folder; point it at a saved model folder.")
+    if lora_model and not Path(lora_model, "adapter_config.json").is_file():
+        raise UserError(f"{flags[1]} {lora_model} holds no adapter_config.json; point it at a saved LoRA adapter.")
+    has_tokenizer = lora_model and Path(lora_model, "tokenizer_config.json").is_file()
+    model_args = ModelArguments(
+        model_name_or_path=model_dir,
+        tokenizer_name_or_path=tokenizer_path or (lora_model if has_tokenizer else None),
+        load_in_8bit=load_in_8bit,
+        load_in_4bit=load_in_4bit,
+        torch_dtype=torch_dtype,
+    )
+    model_args.trust_remote_code = trust_remote_code
+    saved_name, tool_format = read_template_name(lora_model or model_dir)
+    chat_args = ChatArguments(template_name=template_name or saved_name, tool_format=tool_format)
+    try:
+        tokenizer, template = load_chat_tokenizer(model_args, chat_args, padding_side=padding_side)
+        lm = load_model(model_args, None, tokenizer, task=task, grow_embeddings=resize_emb)
+    except UserError as err:
+        raise UserError(f"{flags[0]} {model_dir}: {err}") from None
+    if task == "reward" and lm.config.pad_token_id is None:
+        lm.config.pad_token_id = tokenizer.pad_token_id  # a sequence classifier finds the last token by padding
+    if lora_model:
+        lm = PeftModel.from_pretrained(lm, lora_model)
+    return lm.eval(), tokenizer, template

@@ -11,12 +11,10 @@ import json
 import logging
 from pathlib import Path
 
-import torch
 from datasets import Dataset
 
-from medgpt import args, data
+from medgpt import data
 from medgpt.args import PreferenceArguments
-from medgpt.errors import UserError
 from medgpt.tokenization import map_and_drop_empty
 
 logger = logging.getLogger(__name__)
@@ -132,25 +130,10 @@ def score(
     from medgpt.preference import score
     score("merged-rm", "What helps a fever?", ["Rest and fluids.", "Nothing."])  # -> [1.3, -0.7]
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from medgpt.scoring import RewardModelScorer
 
-    from medgpt.saving import read_template_name
-    from template import get_template, with_tool_format
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="right")
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1).to(device).eval()
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    saved_name, tool_format = read_template_name(model_dir)
-    template = get_template(template_name or saved_name, tokenizer)
-    if tool_format:
-        template = with_tool_format(template, tool_format)
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    texts = ["".join(split_answer(template, messages, {"role": "assistant", "content": a}, tools)) for a in answers]
-    inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-    with torch.no_grad():
-        return model(**inputs).logits[:, 0].float().tolist()
+    scorer = RewardModelScorer(str(model_dir), template_name=template_name)
+    return scorer([prompt] * len(answers), answers, [tools] * len(answers))
 
 
 def trainer_datasets(splits: dict[str, Dataset], columns: list[str]) -> tuple[Dataset, Dataset | None]:
@@ -170,17 +153,15 @@ def load_pair_splits(
     cache_dir: str | None = None,
     reserved_tokens: int = 0,
 ) -> dict[str, Dataset]:
-    """Train (and eval, when wanted) pairs, read, validated, rendered and length-limited. An eval split that ends
-    up empty is left out with a warning instead of crashing the first evaluation. `reserved_tokens` leaves room
-    for tokens a trainer adds on its own (ORPO may add a BOS and an eos)."""
+    """Train (and eval, when wanted) pairs, read, validated, rendered and length-limited (data.prepare_splits).
+    `reserved_tokens` leaves room for tokens a trainer adds on its own (ORPO may add a BOS and an eos)."""
 
     raw = data.load_datasets(data_args, "preference", training_args.seed, cache_dir=cache_dir)
-    splits = {}
-    for name, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
-        if name not in raw or (name == "validation" and not args.wants_eval(training_args)):
-            continue
-        rows = data.cap(raw[name].shuffle(seed=training_args.seed), limit)
-        pairs = tokenize_pairs(
+    return data.prepare_splits(
+        raw,
+        data_args,
+        training_args,
+        lambda rows, name: tokenize_pairs(
             rows,
             tokenizer,
             template,
@@ -189,14 +170,7 @@ def load_pair_splits(
             data_args.preprocessing_num_workers,
             data_args.overwrite_cache,
             what=name,
-        )
-        if len(pairs) == 0 and name == "validation":
-            logger.warning("no evaluation pairs left after length limits; evaluation is skipped")
-            continue
-        splits[name] = pairs
-    if "train" in splits and len(splits["train"]) == 0:
-        raise UserError(
-            "no training pair fits the length limits: the answers fill --max_length; lower --max_target_length "
-            "or raise --max_length."
-        )
-    return splits
+        ),
+        "no pair fits the length limits: the answers fill --max_length; lower --max_target_length or raise "
+        "--max_length.",
+    )

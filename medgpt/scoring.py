@@ -1,0 +1,95 @@
+"""One reward scorer behind reward-model scoring, PPO and GRPO: a trained reward model as a plain callable in TRL's
+reward-function shape.
+
+The scorer renders every (prompt, completion) with the reward model's own chat template and tokenizer, so a
+policy with another tokenizer or template is scored exactly as the reward model was trained, through text.
+
+    from medgpt.scoring import RewardModelScorer
+    scorer = RewardModelScorer("merged-rm")
+    scorer(prompts=["What helps a fever?"] * 2, completions=["Rest and fluids.", "Nothing."])  # -> [1.3, -0.7]
+"""
+
+import json
+from typing import Any
+
+import torch
+
+from medgpt.preference import split_answer
+
+Conversation = list[dict[str, Any]]
+
+
+def as_messages(prompt: str | Conversation) -> Conversation:
+    """A prompt as chat turns: a plain string is one user turn."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def as_answer(completion: str | Conversation | dict) -> dict:
+    """A completion as one assistant message (TRL passes conversational completions as a list of one)."""
+    if isinstance(completion, str):
+        return {"role": "assistant", "content": completion}
+    if isinstance(completion, dict):
+        return {**completion, "role": "assistant"}
+    return {**completion[-1], "role": "assistant"}
+
+
+class RewardModelScorer:
+    """A saved reward model (merged folder, or base + `lora_model` adapter) loaded once; calling it scores
+    completions: `scorer(prompts, completions, tools=None, **columns) -> list[float]` (other dataset columns are
+    accepted and ignored, as TRL passes them)."""
+
+    __name__ = "reward_model"  # TRL names a reward function's logs after it
+
+    def __init__(
+        self,
+        model_dir: str,
+        lora_model: str | None = None,
+        template_name: str | None = None,
+        batch_size: int = 8,
+        device: torch.device | str | None = None,
+        torch_dtype: str | None = None,
+        flags: tuple[str, str] = ("--reward_model_path", "--reward_lora_path"),
+    ) -> None:
+        from medgpt.model import load_saved
+
+        self.model, self.tokenizer, self.template = load_saved(
+            model_dir,
+            lora_model,
+            task="reward",
+            template_name=template_name,
+            padding_side="right",
+            torch_dtype=torch_dtype,
+            flags=flags,
+        )
+        self.model.requires_grad_(False)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device)
+        self.batch_size = batch_size
+        self.max_length = getattr(self.model.config, "max_position_embeddings", None) or 4096
+
+    def texts(self, prompts: list, completions: list, tools: list | None = None) -> list[str]:
+        """Prompt and completion rendered as the reward model saw its training pairs. `tools` per sample: a list
+        of tool definitions, their JSON text (the dataset column), or empty."""
+        tools = [json.loads(t) if isinstance(t, str) and t else t or None for t in tools or [None] * len(prompts)]
+        return [
+            "".join(split_answer(self.template, as_messages(p), as_answer(c), t))
+            for p, c, t in zip(prompts, completions, tools, strict=True)
+        ]
+
+    @torch.no_grad()
+    def __call__(self, prompts: list, completions: list, tools: list | None = None, **columns: Any) -> list[float]:
+        texts = self.texts(prompts, completions, tools)
+        # Too long for the reward model: keep the end (the answer and the turn it answers).
+        self.tokenizer.truncation_side = "left"
+        scores: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            inputs = self.tokenizer(
+                texts[start : start + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                add_special_tokens=False,
+            ).to(self.device)
+            scores += self.model(**inputs).logits[:, 0].float().tolist()
+        return scores
