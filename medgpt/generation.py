@@ -14,14 +14,19 @@ def stop_strings(template, extra: str = "") -> list[str]:
     return [s for s in (*template.stop_words, extra) if s]
 
 
+def stop_tokens(tokenizer, stops: list[str]) -> tuple[list[int], list[str]]:
+    """(ids of the stops that are single tokens, plus eos; the stops that take several tokens)."""
+    vocab = tokenizer.get_vocab()
+    stop_ids = sorted({tokenizer.convert_tokens_to_ids(s) for s in stops if s in vocab} | {tokenizer.eos_token_id})
+    return stop_ids, [s for s in stops if s not in vocab]
+
+
 def generation_kwargs(
     tokenizer, stops: list[str], max_new_tokens: int, temperature: float, top_p: float, repetition_penalty: float
 ) -> dict:
     """`generate` settings: single-token stops end generation as eos ids, longer ones as stop strings;
     temperature 0 means greedy decoding."""
-    vocab = tokenizer.get_vocab()
-    stop_ids = sorted({tokenizer.convert_tokens_to_ids(s) for s in stops if s in vocab} | {tokenizer.eos_token_id})
-    multi_token_stops = [s for s in stops if s not in vocab]
+    stop_ids, multi_token_stops = stop_tokens(tokenizer, stops)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
     return {
         "max_new_tokens": max_new_tokens,

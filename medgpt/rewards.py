@@ -46,6 +46,7 @@ class RewardSettings:
     max_completion_length: int = 256
     overlong_buffer: int = 64
     reward_model_path: str | None = None
+    device: str | None = None  # where a reward model runs (each process's own device under DDP)
 
 
 # ---------------------------------------------------------------- completion text
@@ -307,7 +308,7 @@ def make_reward_model(settings: RewardSettings) -> RewardFunction:
         )
     from medgpt.scoring import RewardModelScorer  # imported here: it loads a model, other rewards need none of it
 
-    return RewardModelScorer(settings.reward_model_path)
+    return RewardModelScorer(settings.reward_model_path, device=settings.device)
 
 
 REWARD_FUNCTIONS: dict[str, Callable[[RewardSettings], RewardFunction]] = {

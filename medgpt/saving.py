@@ -11,7 +11,19 @@ from transformers import Trainer
 logger = logging.getLogger(__name__)
 
 TEMPLATE_FILE = "template_config.json"
-LOSS_PLOT = "training_loss.png"
+# Each PNG and the logged values it draws (label -> log key); a PNG is written when any of its keys was logged.
+PLOTS = {
+    "training_loss.png": ("loss", {"train loss": "loss", "eval loss": "eval_loss"}),
+    "training_reward.png": (
+        "reward",
+        {
+            "reward model score (PPO)": "objective/scores",
+            "score - KL penalty (PPO)": "objective/rlhf_reward",
+            "eval score (PPO)": "eval_objective/scores",
+            "mean reward (GRPO)": "reward",
+        },
+    ),
+}
 
 
 def save_template(output_dir: str | Path, template_name: str, tool_format: str | None = None) -> None:
@@ -28,34 +40,37 @@ def read_template_name(model_dir: str | Path) -> tuple[str | None, str | None]:
     return record.get("template_name"), record.get("tool_format")
 
 
-def plot_loss(log_history: list[dict], output_dir: str | Path) -> Path | None:
-    """Training (and eval) loss against the global step, as output_dir/training_loss.png."""
+def plot_curves(log_history: list[dict], output_dir: str | Path) -> list[Path]:
+    """Loss (and, for RL stages, reward) curves against the global step, as PNGs in output_dir (see PLOTS)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on training machines
     import matplotlib.pyplot as plt
 
-    curves = {
-        "train": [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e],
-        "eval": [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e and "step" in e],
-    }
-    if not curves["train"] and not curves["eval"]:
-        return None
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for label, points in curves.items():
-        if points:
-            steps, losses = zip(*points, strict=True)
-            axes.plot(steps, losses, marker="o" if len(points) < 30 else None, markersize=3, label=f"{label} loss")
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss")
-    axes.set_title(f"Loss curves: {Path(output_dir).name}")
-    axes.grid(alpha=0.3)
-    axes.legend()
-    path = Path(output_dir, LOSS_PLOT)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    written = []
+    for file_name, (quantity, keys) in PLOTS.items():
+        curves = {
+            label: [(e["step"], e[key]) for e in log_history if key in e and "step" in e]
+            for label, key in keys.items()
+        }
+        if not any(curves.values()):
+            continue
+        figure, axes = plt.subplots(figsize=(7, 4.5))
+        for label, points in curves.items():
+            if points:
+                steps, values = zip(*points, strict=True)
+                axes.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=label)
+        axes.set_xlabel("step")
+        axes.set_ylabel(quantity)
+        axes.set_title(f"{quantity.capitalize()} curves: {Path(output_dir).name}")
+        axes.grid(alpha=0.3)
+        axes.legend()
+        path = Path(output_dir, file_name)
+        figure.tight_layout()
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        written.append(path)
+    return written
 
 
 def save_outputs(
@@ -73,8 +88,8 @@ def save_outputs(
         trainer.log_metrics("train", train_metrics)
         trainer.save_metrics("train", train_metrics)
     trainer.save_state()
-    if plot_loss(trainer.state.log_history, output_dir):
-        logger.info("loss curves: %s", Path(output_dir, LOSS_PLOT))
+    for path in plot_curves(trainer.state.log_history, output_dir):
+        logger.info("curves: %s", path)
     logger.info("saved to %s", output_dir)
 
 

@@ -176,9 +176,9 @@ def test_reward_model_is_imported_lazily(monkeypatch):
     class FakeScorer:
         __name__ = "reward_model"
 
-        def __init__(self, model_dir):
-            self.model_dir = model_dir
+        def __init__(self, model_dir, device=None):
+            self.model_dir, self.device = model_dir, device
 
     monkeypatch.setitem(sys.modules, "medgpt.scoring", types.SimpleNamespace(RewardModelScorer=FakeScorer))
-    (scorer,) = build_reward_funcs(["reward_model"], RewardSettings(reward_model_path="outputs-rm"))
-    assert isinstance(scorer, FakeScorer) and scorer.model_dir == "outputs-rm"
+    (scorer,) = build_reward_funcs(["reward_model"], RewardSettings(reward_model_path="outputs-rm", device="cpu"))
+    assert isinstance(scorer, FakeScorer) and scorer.model_dir == "outputs-rm" and scorer.device == "cpu"

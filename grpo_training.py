@@ -1,0 +1,134 @@
+"""GRPO: sample several answers per prompt, score them with reward functions, and learn from how each answer
+compares with its group (no critic, no reward model needed). Wraps TRL's GRPOTrainer; every GRPOConfig option is
+a flag.
+
+Prompts: MedicalGPT's {"question", "answer"} rows, chat rows (the final answer is the reference), multiple-choice
+rows {"question", "options", "answer": letter}. Rewards come from --reward_funcs (names from medgpt.rewards, or
+package.module:function), weighted by --reward_weights.
+
+    python grpo_training.py --model_name_or_path merged-sft --train_file_dir data/grpo --template_name qwen2.5 \
+        --reward_funcs medical_accuracy format --num_generations 4 --per_device_train_batch_size 4 \
+        --max_completion_length 256 --output_dir outputs-grpo
+    torchrun --nproc_per_node 8 grpo_training.py --deepspeed zero2.json ...
+    python grpo_training.py --config grpo.yaml --beta 0.001    # CLI flags override the file
+"""
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig, GRPOTrainer
+
+from medgpt import args, data, model, prompts, saving
+from medgpt.errors import UserError, run_cli
+from medgpt.rewards import RewardSettings, build_reward_funcs
+
+logger = logging.getLogger(__name__)
+
+THINK_THEN_ANSWER = (
+    "You are a careful medical assistant. Reason about the question inside <think> </think> tags, then give your "
+    "final answer inside <answer> </answer> tags."
+)
+
+
+@dataclass
+class GRPOArguments:
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["medical_accuracy", "format"],
+        metadata={"help": "Reward functions: names from medgpt.rewards, or package.module:function."},
+    )
+    reward_model_path: str | None = field(default=None, metadata={"help": "Reward model for `reward_model`."})
+    format_pattern: str | None = field(
+        default=None, metadata={"help": "Regex (full match, DOTALL) replacing the default think/answer format."}
+    )
+    overlong_buffer: int = field(default=64, metadata={"help": "length_penalty falls over the last N tokens."})
+    system_prompt: str = field(default=THINK_THEN_ANSWER, metadata={"help": "System prompt for rows without one."})
+    train_samples: int = field(default=-1, metadata={"help": "MedicalGPT's name for --max_train_samples (-1: all)."})
+
+
+class GRPOFlags(GRPOConfig):
+    """GRPOConfig whose batch checks name our flags (TRL users' most frequent error) before TRL's own run."""
+
+    def __post_init__(self) -> None:
+        generations = self.num_generations or 8
+        processes = int(os.environ.get("WORLD_SIZE", "1"))  # the distributed state is set up later, by TRL
+        steps = self.steps_per_generation or self.gradient_accumulation_steps
+        batch = self.per_device_train_batch_size * processes * steps
+        if self.generation_batch_size is None and batch % generations:
+            raise UserError(
+                f"--per_device_train_batch_size {self.per_device_train_batch_size} x --gradient_accumulation_steps "
+                f"{self.gradient_accumulation_steps} x {processes} process(es) = {batch} completions per generation "
+                f"batch, which --num_generations {generations} does not divide: the {generations} answers to one "
+                f"prompt must land in the same batch. Make the batch a multiple of {generations} (e.g. "
+                f"--per_device_train_batch_size {generations}) or change --num_generations."
+            )
+        try:
+            super().__post_init__()
+        except ValueError as err:
+            raise UserError(f"invalid GRPO arguments: {err}") from None
+
+
+ARG_TYPES = (args.ModelArguments, args.LoraArguments, args.DataArguments, args.ChatArguments, GRPOArguments, GRPOFlags)
+DEFAULTS = {
+    "do_train": True,
+    "report_to": ["tensorboard"],
+    "logging_steps": 1,
+    "learning_rate": 1e-5,
+    "remove_unused_columns": False,
+}
+
+
+def main(argv: list[str] | None = None) -> GRPOTrainer:
+    model_args, lora_args, data_args, chat_args, grpo_args, training_args = args.parse(ARG_TYPES, argv, DEFAULTS)
+    if grpo_args.train_samples > 0 and data_args.max_train_samples is None:
+        data_args.max_train_samples = grpo_args.train_samples  # MedicalGPT's name
+    args.check_args(model_args, lora_args, data_args, training_args)
+    settings = RewardSettings(
+        grpo_args.format_pattern,
+        training_args.max_completion_length,
+        grpo_args.overlong_buffer,
+        grpo_args.reward_model_path,
+        str(training_args.device),
+    )
+    reward_funcs = build_reward_funcs(grpo_args.reward_funcs, settings)
+    weights = training_args.reward_weights
+    if weights is not None and len(weights) != len(reward_funcs):
+        raise UserError(
+            f"--reward_weights has {len(weights)} values but --reward_funcs names {len(reward_funcs)} functions "
+            f"({' '.join(grpo_args.reward_funcs)}); give one weight per function."
+        )
+    tokenizer, template = model.load_chat_tokenizer(model_args, chat_args, padding_side="left")
+
+    # Prompts are read and validated before anything is written to output_dir.
+    with training_args.main_process_first(desc="read prompts"):
+        raw = data.load_datasets(data_args, "prompt", training_args.seed, cache_dir=model_args.cache_dir)
+        splits = data.prepare_splits(
+            raw,
+            data_args,
+            training_args,
+            lambda rows, name: prompts.conversational_prompts(rows, grpo_args.system_prompt),
+            "every prompt row was empty.",
+        )
+    if any(splits["train"]["tools"]):
+        logger.warning(
+            "tool definitions in the prompt rows are passed to the reward functions, not shown to the model"
+        )
+
+    trainer = GRPOTrainer(
+        model=model.load_model(model_args, lora_args, tokenizer, training_args),
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=splits["train"],
+        eval_dataset=splits.get("validation"),
+        processing_class=tokenizer,
+    )
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        saving.save_outputs(trainer, template, chat_args.tool_format, result.metrics)
+    if "validation" in splits and training_args.do_eval:
+        saving.evaluate(trainer)
+    return trainer
+
+
+if __name__ == "__main__":
+    run_cli(main)

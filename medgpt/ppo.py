@@ -1,0 +1,498 @@
+"""PPO for language models (Ouyang et al. 2022, as in TRL's former PPOTrainer), on the Trainer's plumbing.
+
+`PPOTrainer` subclasses `transformers.Trainer` and replaces only its inner loop, so optimizer and scheduler
+creation, accelerate (DDP) and DeepSpeed wrapping, checkpoints (`_save_checkpoint`), resuming, callbacks,
+TensorBoard logging and `trainer_state.json` are the Trainer's own. One step of the loop is one rollout batch:
+
+  1. generate: answers to a batch of prompts, sampled with the KV cache, stopped at the template's stop token;
+  2. score: the reward model scores every finished answer (through text, in its own template); log-probs of the
+     policy and of the reference (the policy with its adapter switched off), and the critic's values;
+  3. advantages: per-token KL penalty, score on the last token, GAE, whitened advantages;
+  4. update: `num_ppo_epochs` passes over `num_mini_batches` shuffled minibatches with the clipped policy and value
+     losses; each minibatch is one optimizer step over `gradient_accumulation_steps` micro-batches.
+
+Left out on purpose: reward clipping and value-head warm-up (not used by the common recipes), and generation with
+vLLM (rollouts use `generate` with the KV cache).
+"""
+
+import contextlib
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import Trainer
+from transformers.trainer_utils import load_sharded_checkpoint
+from trl.models.utils import unwrap_model_for_generation
+from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, selective_log_softmax
+
+from medgpt import ppo_math
+from medgpt.errors import UserError
+from medgpt.generation import cut_at_stop
+
+logger = logging.getLogger(__name__)
+VALUE_MODEL_DIR = "value_model"
+
+
+@dataclass
+class PPOArguments:
+    sft_model_path: str | None = field(
+        default=None, metadata={"help": "The policy to train (MedicalGPT's name for --model_name_or_path)."}
+    )
+    reward_model_path: str | None = field(
+        default=None, metadata={"help": "Trained (merged) reward model scoring the answers; kept frozen."}
+    )
+    value_model_path: str | None = field(
+        default=None, metadata={"help": "Model the critic starts from (default: the reward model)."}
+    )
+    max_source_length: int = field(default=1024, metadata={"help": "Most prompt tokens (the oldest are cut)."})
+    response_length: int = field(default=256, metadata={"help": "Most tokens generated per answer."})
+    max_completion_length: int | None = field(default=None, metadata={"help": "Same as --response_length."})
+    total_episodes: int | None = field(
+        default=None, metadata={"help": "Prompts to train on in all (default: num_train_epochs x the prompts)."}
+    )
+    num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
+    num_mini_batches: int = field(default=1, metadata={"help": "Minibatches (optimizer steps) per PPO epoch."})
+    kl_coef: float = field(
+        default=0.05, metadata={"help": "Weight of the per-token KL penalty (initial if adaptive)."}
+    )
+    kl_target: float | None = field(
+        default=None, metadata={"help": "Adapt kl_coef towards this KL per answer (Ziegler et al.); None = fixed."}
+    )
+    kl_horizon: int = field(default=10000, metadata={"help": "Rollouts over which the adaptive coefficient moves."})
+    kl_estimator: str = field(default="k1", metadata={"help": "Per-token KL estimator: k1 or k3."})
+    cliprange: float = field(default=0.2, metadata={"help": "Clip range of the policy ratio."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value predictions."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
+    whiten_rewards: bool = field(default=False, metadata={"help": "Whiten the token rewards before GAE."})
+    missing_eos_penalty: float | None = field(
+        default=None, metadata={"help": "Subtracted from the score of answers that hit the length limit unfinished."}
+    )
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the rollouts."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass of the rollouts."})
+    system_prompt: str = field(default="", metadata={"help": "System prompt for prompts that have none."})
+
+    def __post_init__(self) -> None:
+        if self.max_completion_length is not None:
+            self.response_length = self.max_completion_length
+        problems = [
+            f"--{name} {value} must be {rule}"
+            for name, value, ok, rule in (
+                ("response_length", self.response_length, self.response_length >= 1, ">= 1"),
+                ("max_source_length", self.max_source_length, self.max_source_length >= 1, ">= 1"),
+                ("num_ppo_epochs", self.num_ppo_epochs, self.num_ppo_epochs >= 1, ">= 1"),
+                ("num_mini_batches", self.num_mini_batches, self.num_mini_batches >= 1, ">= 1"),
+                ("temperature", self.temperature, self.temperature > 0, "> 0 (PPO samples its rollouts)"),
+                ("top_p", self.top_p, 0 < self.top_p <= 1, "in (0, 1]"),
+                ("kl_estimator", self.kl_estimator, self.kl_estimator in ("k1", "k3"), "k1 or k3"),
+                ("kl_target", self.kl_target, self.kl_target is None or self.kl_target > 0, "> 0"),
+                ("total_episodes", self.total_episodes, self.total_episodes is None or self.total_episodes > 0, "> 0"),
+            )
+            if not ok
+        ]
+        if problems:
+            raise UserError("invalid PPO arguments:\n  - " + "\n  - ".join(problems))
+
+
+class PolicyAndValue(nn.Module):
+    """The policy (causal LM) and the critic (a sequence classifier whose score head is read at every token) as one
+    module, so one optimizer, DDP or DeepSpeed engine and checkpoint covers both."""
+
+    def __init__(self, policy: nn.Module, critic: nn.Module) -> None:
+        super().__init__()
+        self.policy, self.critic = policy, critic
+        critic_model = critic.get_base_model() if hasattr(critic, "get_base_model") else critic
+        self._critic_backbone = getattr(critic_model, critic_model.base_model_prefix)
+        self._critic_head = critic_model.score
+
+    def forward(self, input_ids, attention_mask, position_ids) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits [B, L, V] of the policy and values [B, L] of the critic."""
+        logits = self.policy(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).logits
+        hidden = self._critic_backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        return logits, self._critic_head(hidden).squeeze(-1).float()
+
+    def activation_checkpointing_enable(self, **kwargs) -> None:
+        """--gradient_checkpointing for both models (the Trainer calls this)."""
+        for module in (self.policy, self.critic):
+            module.activation_checkpointing_enable(**kwargs)
+
+    # Rollouts are generated in eval mode, where checkpointing is inactive: TRL's unwrap has nothing to toggle.
+    is_gradient_checkpointing = False
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids and attention_mask [B, L] of token lists padded on the left (generation continues on the right)."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+class PPOTrainer(Trainer):
+    """PPO on a prompt dataset (`input_ids`, `prompt`, `tools` columns; see medgpt.prompts.tokenize_prompts)."""
+
+    def __init__(
+        self,
+        policy: nn.Module,
+        critic: nn.Module,
+        ref_policy: nn.Module | None,
+        scorer,
+        ppo_args: PPOArguments,
+        stop_ids: list[int],
+        stop_strings: list[str],
+        **trainer_kwargs,
+    ) -> None:
+        for module in (policy, critic):
+            disable_dropout_in_model(module)  # dropout would make rollout and update log-probs disagree
+        super().__init__(model=PolicyAndValue(policy, critic), data_collator=self._collate, **trainer_kwargs)
+        self.ref_policy = ref_policy  # None: the policy with its LoRA adapter switched off
+        if ref_policy is not None:
+            ref_policy.requires_grad_(False).eval().to(self.args.device)
+        self.scorer, self.ppo_args = scorer, ppo_args
+        self.stop_ids, self.stop_strings = stop_ids, stop_strings
+        self.kl_ctl = ppo_math.AdaptiveKLController(ppo_args.kl_coef, ppo_args.kl_target, ppo_args.kl_horizon)
+        self.rollout_size = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+        self.rollout_size *= ppo_args.num_mini_batches
+        self._metrics: dict[str, list[float]] = {}
+
+    # ---------------------------------------------------------------- data
+
+    def _collate(self, rows: list[dict]) -> dict:
+        input_ids, attention_mask = left_pad([r["input_ids"] for r in rows], self.processing_class.pad_token_id)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "prompt": [r["prompt"] for r in rows],
+            "tools": [r["tools"] for r in rows],
+        }
+
+    def get_train_dataloader(self) -> DataLoader:
+        if len(self.train_dataset) < self.rollout_size * self.args.world_size:
+            raise UserError(
+                f"one rollout batch takes --per_device_train_batch_size {self.args.per_device_train_batch_size} x "
+                f"--gradient_accumulation_steps {self.args.gradient_accumulation_steps} x --num_mini_batches "
+                f"{self.ppo_args.num_mini_batches} x {self.args.world_size} process(es) = "
+                f"{self.rollout_size * self.args.world_size} prompts, but there are only {len(self.train_dataset)}; "
+                "lower those flags or add prompts."
+            )
+        generator = torch.Generator().manual_seed(self.args.seed)
+        loader = DataLoader(
+            self.train_dataset,
+            batch_size=self.rollout_size,
+            sampler=torch.utils.data.RandomSampler(self.train_dataset, generator=generator),
+            collate_fn=self._collate,
+            drop_last=True,
+        )
+        return self.accelerator.prepare(loader)
+
+    def total_steps(self, batches_per_epoch: int) -> int:
+        """Rollout batches to train on: --max_steps, else --total_episodes prompts, else --num_train_epochs."""
+        if self.args.max_steps > 0:
+            return self.args.max_steps
+        if self.ppo_args.total_episodes:
+            return max(1, math.ceil(self.ppo_args.total_episodes / (self.rollout_size * self.args.world_size)))
+        return max(1, math.ceil(self.args.num_train_epochs * batches_per_epoch))
+
+    # ---------------------------------------------------------------- the loop
+
+    def _inner_training_loop(self, batch_size=None, args=None, resume_from_checkpoint=None, trial=None, **kwargs):
+        args = self.args
+        dataloader = self.get_train_dataloader()
+        batches_per_epoch = len(dataloader)
+        max_steps = self.total_steps(batches_per_epoch)
+        num_epochs = math.ceil(max_steps / batches_per_epoch)
+        self._init_training_state(max_steps, batches_per_epoch, num_epochs, resume_from_checkpoint, trial)
+        model, dataloader = self._prepare_for_training(max_steps, dataloader, resume_from_checkpoint)
+        if resume_from_checkpoint is not None:
+            self._load_rng_state(resume_from_checkpoint)
+            logged = [entry["objective/kl_coef"] for entry in self.state.log_history if "objective/kl_coef" in entry]
+            self.kl_ctl.value = logged[-1] if logged else self.kl_ctl.value  # the adaptive coefficient reached
+        logger.info(
+            "PPO: %d rollout batches of %d prompts per process (%d epochs of %d batches), %d PPO epochs x %d "
+            "minibatches each",
+            max_steps,
+            self.rollout_size,
+            num_epochs,
+            batches_per_epoch,
+            self.ppo_args.num_ppo_epochs,
+            self.ppo_args.num_mini_batches,
+        )
+        start_time = time.time()
+        self._initial_global_step = self.state.global_step
+        self._tr_loss = torch.tensor(0.0, device=args.device)
+        self._total_loss_scalar = 0.0
+        model.zero_grad()
+        self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
+        first_epoch, skip = divmod(self.state.global_step, batches_per_epoch)
+        for epoch in range(first_epoch, num_epochs):
+            if hasattr(dataloader, "set_epoch"):
+                dataloader.set_epoch(epoch)
+            self.control = self.callback_handler.on_epoch_begin(args, self.state, self.control)
+            for index, batch in enumerate(dataloader):
+                if epoch == first_epoch and index < skip:
+                    continue  # trained before the checkpoint this run resumed from
+                self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
+                metrics = self.ppo_step(model, batch)
+                self.lr_scheduler.step()
+                self.state.global_step += 1
+                self.state.epoch = epoch + (index + 1) / batches_per_epoch
+                self._tr_loss += metrics["loss/policy_avg"] + self.ppo_args.vf_coef * metrics["loss/value_avg"]
+                self.control = self.callback_handler.on_step_end(args, self.state, self.control)
+                self._log_save_evaluate(model, trial, metrics)
+                if self.control.should_training_stop or self.state.global_step >= max_steps:
+                    break
+            self.control = self.callback_handler.on_epoch_end(args, self.state, self.control)
+            if self.control.should_training_stop or self.state.global_step >= max_steps:
+                break
+        self._total_loss_scalar = self._tr_loss.item()
+        self._tr_loss.zero_()
+        return self._finalize_training(trial, max_steps * self.rollout_size * args.world_size, start_time)
+
+    def _log_save_evaluate(self, model, trial, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            self._metrics.setdefault(name, []).append(value)
+        if self.control.should_log:
+            logs = {name: sum(values) / len(values) for name, values in self._metrics.items()}
+            self._metrics = {}
+            self.log({**logs, "learning_rate": self._get_learning_rate()})
+        if self.control.should_evaluate and self.eval_dataset is not None:
+            self.evaluate()
+        if self.control.should_save:
+            self._save_checkpoint(model, trial)
+            self.control = self.callback_handler.on_save(self.args, self.state, self.control)
+
+    # ---------------------------------------------------------------- one PPO step
+
+    def ppo_step(self, model, batch: dict) -> dict[str, float]:
+        """One rollout batch: generate, score, advantages, update. Returns the step's metrics (TRL's names)."""
+        ppo = self.ppo_args
+        # 1. generate
+        started = time.time()
+        queries, responses = self.generate(model, batch)
+        mask, ended = ppo_math.response_mask(responses, self.stop_ids, self.processing_class.pad_token_id)
+        generation_seconds = time.time() - started
+        # 2. score, and the log-probs and values of the rollout
+        texts, ended_by_string = self.answers(responses, mask)
+        ended |= ended_by_string.to(ended.device)
+        scores = torch.tensor(self.scorer(batch["prompt"], texts, batch["tools"]), device=responses.device)
+        if ppo.missing_eos_penalty is not None:
+            scores = scores - ppo.missing_eos_penalty * (~ended).float()
+        with torch.no_grad():
+            logprobs, values, ref_logprobs, entropy = self.rollout_forward(model, queries, responses)
+        # 3. advantages
+        kl = ppo_math.kl_estimate(logprobs, ref_logprobs, ppo.kl_estimator) * mask
+        rewards = ppo_math.token_rewards(scores, kl, mask, self.kl_ctl.value)
+        if ppo.whiten_rewards:
+            rewards = ppo_math.masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = ppo_math.gae(rewards, values, mask, ppo.gamma, ppo.lam)
+        advantages = ppo_math.masked_whiten(advantages, mask)
+        # 4. update
+        rollout = {
+            "queries": queries,
+            "responses": responses,
+            "mask": mask,
+            "logprobs": logprobs,
+            "values": values,
+            "advantages": advantages,
+            "returns": returns,
+        }
+        update_stats = self.update(model, rollout)
+
+        mean_kl = kl.sum(1).mean()
+        non_score = (-self.kl_ctl.value * kl).sum(1).mean()
+        stats = {
+            "objective/kl": mean_kl,
+            "objective/entropy": (-logprobs * mask).sum(1).mean(),
+            "objective/non_score_reward": non_score,
+            "objective/rlhf_reward": non_score + scores.mean(),
+            "objective/scores": scores.mean(),
+            "val/num_eos_tokens": ended.float().sum(),
+            "val/response_length": mask.sum(1).float().mean(),
+            "policy/entropy_avg": ppo_math.masked_mean(entropy, mask),
+            "rollout/tokens_per_second": mask.sum() / max(generation_seconds, 1e-6),
+            **update_stats,
+        }
+        averaged = self.accelerator.reduce(torch.stack([v.float() for v in stats.values()]), reduction="mean")
+        metrics = dict(zip(stats, averaged.tolist(), strict=True))
+        metrics["objective/kl_coef"] = self.kl_ctl.value
+        metrics["episode"] = (self.state.global_step + 1) * self.rollout_size * self.args.world_size
+        self.kl_ctl.update(metrics["objective/kl"], self.rollout_size * self.args.world_size)
+        return metrics
+
+    def generate(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(queries [B, Lq] left-padded, responses [B, response_length] right-padded) sampled with the KV cache."""
+        ppo, tokenizer = self.ppo_args, self.processing_class
+        queries = batch["input_ids"].to(self.args.device)
+        with unwrap_model_for_generation(model, self.accelerator) as unwrapped:
+            unwrapped.eval()
+            output = unwrapped.policy.generate(
+                input_ids=queries,
+                attention_mask=batch["attention_mask"].to(self.args.device),
+                max_new_tokens=ppo.response_length,
+                min_new_tokens=1,
+                do_sample=True,
+                temperature=ppo.temperature,
+                top_p=ppo.top_p,
+                top_k=0,
+                use_cache=True,
+                eos_token_id=self.stop_ids,
+                pad_token_id=tokenizer.pad_token_id,
+                **({"stop_strings": self.stop_strings, "tokenizer": tokenizer} if self.stop_strings else {}),
+            )
+            unwrapped.train()
+        responses = output[:, queries.shape[1] :]
+        padding = ppo.response_length - responses.shape[1]
+        return queries, nn.functional.pad(responses, (0, padding), value=tokenizer.pad_token_id)
+
+    def decode(self, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        """The answers as text, without the stop token (the reward model's template adds its own)."""
+        texts = []
+        for ids, row_mask in zip(responses, mask, strict=True):
+            text = self.processing_class.decode(ids[row_mask], skip_special_tokens=True)
+            for stop in self.stop_strings:
+                text = text.split(stop)[0]
+            texts.append(text.strip())
+        return texts
+
+    def answers(self, responses: torch.Tensor, mask: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+        """The answers as text without their stop string (the reward model's template adds its own), and [B]
+        whether a multi-token stop string ended each."""
+        texts = self.processing_class.batch_decode(
+            [ids[row] for ids, row in zip(responses, mask, strict=True)], skip_special_tokens=True
+        )
+        ended = torch.tensor([any(stop in text for stop in self.stop_strings) for text in texts], dtype=torch.bool)
+        return [cut_at_stop(text, self.stop_strings) for text in texts], ended
+
+    def forward(self, model, queries: torch.Tensor, responses: torch.Tensor):
+        """Response-token logits [B, T, V] (scaled by the sampling temperature) and values [B, T]."""
+        input_ids = torch.cat([queries, responses], dim=1)
+        attention_mask = (input_ids != self.processing_class.pad_token_id).long()
+        attention_mask[:, queries.shape[1] :] = 1  # a generated pad-like token still counts until the mask cuts it
+        attention_mask[:, : queries.shape[1]] = (queries != self.processing_class.pad_token_id).long()
+        position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+        logits, values = model(input_ids, attention_mask, position_ids)
+        context = queries.shape[1] - 1
+        logits = logits[:, context:-1].float() / (self.ppo_args.temperature + 1e-7)
+        return logits, values[:, context:-1], (input_ids, attention_mask, position_ids)
+
+    def rollout_forward(self, model, queries: torch.Tensor, responses: torch.Tensor):
+        """Log-probs of the sampled tokens under the policy and the reference, values and entropies, all [B, T],
+        computed in micro-batches."""
+        chunks = []
+        size = self.args.per_device_train_batch_size
+        policy = self.accelerator.unwrap_model(model).policy
+        for start in range(0, len(queries), size):
+            q, r = queries[start : start + size], responses[start : start + size]
+            logits, values, (ids, attention, positions) = self.forward(model, q, r)
+            logprobs = selective_log_softmax(logits, r)
+            entropy = entropy_from_logits(logits)
+            if self.ref_policy is None:
+                with policy.disable_adapter():
+                    ref_logits = policy(input_ids=ids, attention_mask=attention, position_ids=positions).logits
+            else:
+                ref_logits = self.ref_policy(input_ids=ids, attention_mask=attention, position_ids=positions).logits
+            ref_logits = ref_logits[:, q.shape[1] - 1 : -1].float() / (self.ppo_args.temperature + 1e-7)
+            chunks.append((logprobs, values, selective_log_softmax(ref_logits, r), entropy))
+        return tuple(torch.cat(parts) for parts in zip(*chunks, strict=True))
+
+    def update(self, model, rollout: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """num_ppo_epochs passes over shuffled minibatches; one optimizer step per minibatch."""
+        args, ppo = self.args, self.ppo_args
+        micro, steps = args.per_device_train_batch_size, args.gradient_accumulation_steps
+        deepspeed = self.accelerator.distributed_type == "DEEPSPEED"
+        totals: dict[str, list[torch.Tensor]] = {}
+        for _ in range(ppo.num_ppo_epochs):
+            order = torch.randperm(self.rollout_size, device=rollout["queries"].device)
+            for minibatch in order.split(micro * steps):
+                for i, rows in enumerate(minibatch.split(micro)):
+                    last = i == steps - 1
+                    self.accelerator.gradient_state._set_sync_gradients(last)
+                    sync = contextlib.nullcontext() if last or deepspeed else self.accelerator.no_sync(model)
+                    with sync:
+                        part = {name: value[rows] for name, value in rollout.items()}
+                        logits, values, _ = self.forward(model, part["queries"], part["responses"])
+                        logprobs = selective_log_softmax(logits, part["responses"])
+                        pg_loss, pg_stats = ppo_math.policy_loss(
+                            logprobs, part["logprobs"], part["advantages"], part["mask"], ppo.cliprange
+                        )
+                        vf_loss, vf_clipfrac = ppo_math.value_loss(
+                            values, part["values"], part["returns"], part["mask"], ppo.cliprange_value
+                        )
+                        loss = pg_loss + ppo.vf_coef * vf_loss
+                        self.accelerator.backward(loss if deepspeed else loss / steps)
+                    for name, value in (
+                        ("loss/policy_avg", pg_loss),
+                        ("loss/value_avg", vf_loss),
+                        ("policy/approxkl_avg", pg_stats["approxkl"]),
+                        ("policy/clipfrac_avg", pg_stats["clipfrac"]),
+                        ("val/clipfrac_avg", vf_clipfrac),
+                        ("val/ratio", pg_stats["ratio"]),
+                    ):
+                        totals.setdefault(name, []).append(value.detach())
+                if args.max_grad_norm and args.max_grad_norm > 0 and not deepspeed:
+                    self.accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                self.optimizer.step()
+                model.zero_grad()
+        return {name: torch.stack(values).mean() for name, values in totals.items()}
+
+    # ---------------------------------------------------------------- evaluation and saving
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Mean reward-model score and answer length on the eval prompts, with rollouts sampled as in training."""
+        dataset = eval_dataset or self.eval_dataset
+        size = self.args.per_device_eval_batch_size
+        scores, lengths = [], []
+        for start in range(0, len(dataset), size):
+            batch = self._collate([dataset[i] for i in range(start, min(start + size, len(dataset)))])
+            _, responses = self.generate(self.model_wrapped, batch)
+            mask, _ = ppo_math.response_mask(responses, self.stop_ids, self.processing_class.pad_token_id)
+            scores += self.scorer(batch["prompt"], self.answers(responses, mask)[0], batch["tools"])
+            lengths += mask.sum(1).tolist()
+        metrics = {
+            f"{metric_key_prefix}_objective/scores": sum(scores) / len(scores),
+            f"{metric_key_prefix}_response_length": sum(lengths) / len(lengths),
+        }
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """The policy (adapter or full weights) and tokenizer in output_dir; the critic in output_dir/value_model."""
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        wrapper = self.accelerator.unwrap_model(self.model)
+        state_dict = state_dict if state_dict is not None else wrapper.state_dict()
+        for name, module, folder in (
+            ("policy", wrapper.policy, Path(output_dir)),
+            ("critic", wrapper.critic, Path(output_dir, VALUE_MODEL_DIR)),
+        ):
+            own = {k[len(name) + 1 :]: v for k, v in state_dict.items() if k.startswith(f"{name}.")}
+            module.save_pretrained(folder, state_dict=own, safe_serialization=True)
+        self.processing_class.save_pretrained(output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        from peft import PeftModel, set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        wrapper = self.accelerator.unwrap_model(model or self.model)
+        for module, folder in (
+            (wrapper.policy, Path(resume_from_checkpoint)),
+            (wrapper.critic, Path(resume_from_checkpoint, VALUE_MODEL_DIR)),
+        ):
+            if isinstance(module, PeftModel):
+                set_peft_model_state_dict(module, load_file(folder / "adapter_model.safetensors"))
+            elif (folder / "model.safetensors").is_file():
+                module.load_state_dict(load_file(folder / "model.safetensors"), strict=False)  # tied weights absent
+            else:
+                load_sharded_checkpoint(module, folder, strict=False)

@@ -1,0 +1,122 @@
+"""PPO (RLHF): optimise the SFT model against a trained reward model, with a critic and a KL penalty.
+
+Policy = the SFT model + LoRA (or full weights); reference = the same weights with the adapter switched off (full
+fine-tuning keeps a frozen copy); critic = the reward model with a LoRA of its own (or --value_model_path);
+reward model = frozen, scoring each answer as text in its own template. Prompts: any chat, Alpaca, question or
+prompt rows (a chat's final answer is dropped). Metrics use TRL's PPO names (objective/scores, objective/kl, ...).
+
+    python ppo_training.py --sft_model_path merged-sft --reward_model_path merged-rm --template_name qwen2.5 \
+        --train_file_dir data/sft --response_length 256 --num_train_epochs 1 --output_dir outputs-ppo
+    torchrun --nproc_per_node 8 ppo_training.py --deepspeed zero2.json ...
+    python ppo_training.py --config ppo.yaml --kl_coef 0.02    # CLI flags override the file
+"""
+
+import dataclasses
+
+from transformers import AutoTokenizer, TrainingArguments
+
+from medgpt import args, data, model, prompts, saving
+from medgpt.errors import UserError, run_cli
+from medgpt.generation import stop_strings, stop_tokens
+from medgpt.ppo import PPOArguments, PPOTrainer
+from medgpt.scoring import RewardModelScorer
+
+ARG_TYPES = (
+    args.ModelArguments,
+    args.LoraArguments,
+    args.DataArguments,
+    args.ChatArguments,
+    PPOArguments,
+    TrainingArguments,
+)
+DEFAULTS = {
+    "do_train": True,
+    "report_to": ["tensorboard"],
+    "logging_steps": 1,
+    "learning_rate": 1e-5,
+    "remove_unused_columns": False,
+}
+
+
+def load_critic(model_args, lora_args, training_args, value_model_path: str, tokenizer):
+    """The critic: a one-score sequence classifier read at every token, started from the reward model (or
+    --value_model_path). It reads the policy's tokens, so its vocabulary must be the policy's."""
+    try:
+        critic_vocab = AutoTokenizer.from_pretrained(value_model_path).get_vocab()
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"--value_model_path/--reward_model_path {value_model_path}: cannot load it ({err})."
+        ) from None
+    if critic_vocab != tokenizer.get_vocab():
+        raise UserError(
+            f"the critic starts from {value_model_path}, whose tokenizer differs from the policy's "
+            f"({model_args.model_name_or_path}); the critic reads the policy's tokens. Pass --value_model_path with "
+            "a model that shares the policy's tokenizer (e.g. the SFT model itself). The reward model may keep its "
+            "own tokenizer: it scores answers as text."
+        )
+    critic_args = dataclasses.replace(model_args, model_name_or_path=value_model_path, tokenizer_name_or_path=None)
+    critic_args.trust_remote_code = model_args.trust_remote_code
+    critic_lora = dataclasses.replace(lora_args, peft_path=None)  # --peft_path continues the policy's adapter only
+    return model.load_model(critic_args, critic_lora, tokenizer, training_args, task="reward")
+
+
+def main(argv: list[str] | None = None) -> PPOTrainer:
+    model_args, lora_args, data_args, chat_args, ppo_args, training_args = args.parse(ARG_TYPES, argv, DEFAULTS)
+    model_args.model_name_or_path = ppo_args.sft_model_path or model_args.model_name_or_path  # MedicalGPT's name
+    args.check_args(model_args, lora_args, data_args, training_args)
+    if not ppo_args.reward_model_path:
+        raise UserError("--reward_model_path is required: the merged reward model (run_rm.sh, then merge).")
+    tokenizer, template = model.load_chat_tokenizer(model_args, chat_args, padding_side="left")
+
+    # Prompts are read, validated and tokenized before anything is written to output_dir.
+    with training_args.main_process_first(desc="tokenize prompts"):
+        raw = data.load_datasets(data_args, "prompt", training_args.seed, cache_dir=model_args.cache_dir)
+        splits = data.prepare_splits(
+            raw,
+            data_args,
+            training_args,
+            lambda rows, name: prompts.tokenize_prompts(
+                rows,
+                tokenizer,
+                template,
+                ppo_args.max_source_length,
+                ppo_args.system_prompt,
+                data_args.preprocessing_num_workers,
+                data_args.overwrite_cache,
+                what=name,
+            ),
+            "every prompt is empty.",
+        )
+
+    scorer = RewardModelScorer(ppo_args.reward_model_path, device=training_args.device)
+    policy = model.load_model(
+        model_args, lora_args, tokenizer, training_args, ppo_args.max_source_length + ppo_args.response_length
+    )
+    critic = load_critic(
+        model_args, lora_args, training_args, ppo_args.value_model_path or ppo_args.reward_model_path, tokenizer
+    )
+    stops = stop_strings(template)
+    stop_ids, multi_token_stops = stop_tokens(tokenizer, stops)
+    trainer = PPOTrainer(
+        policy=policy,
+        critic=critic,
+        ref_policy=None if lora_args.use_peft else model.load_model(model_args, None, tokenizer),
+        scorer=scorer,
+        ppo_args=ppo_args,
+        stop_ids=stop_ids,
+        stop_strings=multi_token_stops,
+        args=training_args,
+        train_dataset=splits.get("train"),
+        eval_dataset=splits.get("validation"),
+        processing_class=tokenizer,
+    )
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        saving.save_outputs(trainer, template, chat_args.tool_format, result.metrics)
+    if "validation" in splits and training_args.do_eval:
+        saving.evaluate(trainer)
+    return trainer
+
+
+if __name__ == "__main__":
+    run_cli(main)
