@@ -108,6 +108,7 @@ class PolicyAndValue(nn.Module):
     def __init__(self, policy: nn.Module, critic: nn.Module) -> None:
         super().__init__()
         self.policy, self.critic = policy, critic
+        self.config = policy.config  # what DeepSpeed sizes its buckets from, and what the Trainer logs
         critic_model = critic.get_base_model() if hasattr(critic, "get_base_model") else critic
         self._critic_backbone = getattr(critic_model, critic_model.base_model_prefix)
         self._critic_head = critic_model.score
@@ -215,7 +216,6 @@ class PPOTrainer(Trainer):
         self._init_training_state(max_steps, batches_per_epoch, num_epochs, resume_from_checkpoint, trial)
         model, dataloader = self._prepare_for_training(max_steps, dataloader, resume_from_checkpoint)
         if resume_from_checkpoint is not None:
-            self._load_rng_state(resume_from_checkpoint)
             logged = [entry["objective/kl_coef"] for entry in self.state.log_history if "objective/kl_coef" in entry]
             self.kl_ctl.value = logged[-1] if logged else self.kl_ctl.value  # the adaptive coefficient reached
         logger.info(
@@ -242,6 +242,10 @@ class PPOTrainer(Trainer):
             for index, batch in enumerate(dataloader):
                 if epoch == first_epoch and index < skip:
                     continue  # trained before the checkpoint this run resumed from
+                if resume_from_checkpoint is not None:
+                    # Only now: opening the data iterator draws random numbers the interrupted run drew earlier.
+                    self._load_rng_state(resume_from_checkpoint)
+                    resume_from_checkpoint = None
                 self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
                 metrics = self.ppo_step(model, batch)
                 self.lr_scheduler.step()

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 import dpo_training
+import grpo_training
 import orpo_training
+import ppo_training
 import pretraining
 import reward_modeling
 import supervised_finetuning
@@ -24,6 +26,8 @@ RUN_SCRIPTS = {
     "run_rm.sh": reward_modeling,
     "run_dpo.sh": dpo_training,
     "run_orpo.sh": orpo_training,
+    "run_ppo.sh": ppo_training,
+    "run_grpo.sh": grpo_training,
 }
 
 
@@ -45,7 +49,8 @@ def test_run_script_flags_parse(run_script, tmp_path):
     parsed = args.parse(module.ARG_TYPES, flags, module.DEFAULTS)
     training_args = parsed[-1]
     assert training_args.output_dir.startswith("outputs-")
-    assert parsed[0].model_name_or_path.endswith("_VALUE")
+    model_path = parsed[0].model_name_or_path or getattr(parsed[-2], "sft_model_path", None)  # PPO: MedicalGPT's name
+    assert model_path.endswith("_VALUE")
 
 
 @pytest.mark.parametrize("config", ["zero2.json", "zero3.json"])
