@@ -18,6 +18,7 @@ from transformers import set_seed
 from medgpt import args, data, model
 from medgpt.errors import UserError, run_cli
 from medgpt.generation import answer, answer_batch, generation_kwargs, stop_strings
+from medgpt.prompts import with_system
 
 logger = logging.getLogger(__name__)
 
@@ -95,21 +96,17 @@ def interactive(
     return history
 
 
-def with_system(system: list[dict], conversation: list[dict]) -> list[dict]:
-    """--system_prompt for conversations that bring no system message of their own."""
-    return conversation if conversation and conversation[0]["role"] == "system" else system + conversation
-
-
 def batch(lm, tokenizer, template, inf_args: InferenceArguments, gen_kwargs: dict, stops: list[str]) -> Path:
     conversations = data.read_prompt_file(inf_args.data_file, "data_file")
-    system = [{"role": "system", "content": inf_args.system_prompt}] if inf_args.system_prompt else []
     out = Path(inf_args.output_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")  # renamed at the end: no half-written output file
     with partial.open("w", encoding="utf-8") as f:
         for start in range(0, len(conversations), inf_args.eval_batch_size):
             chunk = conversations[start : start + inf_args.eval_batch_size]
-            replies = answer_batch(lm, tokenizer, template, [with_system(system, c) for c in chunk], gen_kwargs, stops)
+            replies = answer_batch(
+                lm, tokenizer, template, [with_system(c, inf_args.system_prompt) for c in chunk], gen_kwargs, stops
+            )
             for conversation, reply in zip(chunk, replies, strict=True):
                 f.write(json.dumps({"Input": conversation[-1]["content"], "Output": reply}, ensure_ascii=False) + "\n")
             logger.info("answered %d/%d", min(start + len(chunk), len(conversations)), len(conversations))

@@ -257,3 +257,100 @@ def test_all_rows_skipped_is_a_clear_error(tmp_path):
     write_jsonl(tmp_path / "d" / "a.jsonl", [{"x": 1}, {"y": 2}])
     with pytest.raises(UserError, match="every row was skipped"):
         load_datasets(DataArguments(train_file_dir=str(tmp_path / "d"), skip_bad_rows=True), "chat")
+
+
+# ---------------------------------------------------------------- prompt rows (PPO, GRPO, batch inference)
+
+
+def prompt_of(row: dict) -> dict:
+    from medgpt.formats import normalize_prompt_row
+
+    normalized = normalize_prompt_row(row)
+    return {**normalized, "prompt": json.loads(normalized["prompt"])}
+
+
+def test_chat_prompt_rows_keep_history_and_take_the_final_answer_as_reference():
+    row = prompt_of(
+        {
+            "conversations": [
+                {"from": "system", "value": "You are a nurse."},
+                {"from": "human", "value": "I have a fever."},
+                {"from": "gpt", "value": "How high?"},
+                {"from": "human", "value": "39 degrees."},
+                {"from": "gpt", "value": "Take paracetamol and rest."},
+            ]
+        }
+    )
+    assert [m["role"] for m in row["prompt"]] == ["system", "user", "assistant", "user"]
+    assert row["answer"] == "Take paracetamol and rest." and row["options"] == ""
+    unanswered = prompt_of({"messages": [{"role": "user", "content": "Dose?"}]})
+    assert unanswered["prompt"] == [{"role": "user", "content": "Dose?"}] and unanswered["answer"] == ""
+
+
+def test_question_answer_alpaca_and_prompt_rows():
+    assert prompt_of({"question": "膺窗穴在哪里？", "answer": "第3肋间隙。"})["answer"] == "第3肋间隙。"
+    alpaca = prompt_of({"instruction": "Dose?", "input": "Ibuprofen", "output": "400 mg", "system": "Be brief."})
+    assert alpaca["prompt"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Dose?\nIbuprofen"},
+    ]
+    assert alpaca["answer"] == "400 mg"
+    trl_style = prompt_of({"prompt": [{"role": "user", "content": "Hi"}], "solution": "42", "level": 3})
+    assert trl_style["answer"] == "42" and json.loads(trl_style["extra"]) == {"level": 3}
+
+
+def test_multiple_choice_rows_list_the_options_and_keep_the_letters():
+    row = prompt_of({"question": "Universal donor?", "options": {"A": "AB+", "B": "O-"}, "answer": "b"})
+    assert row["prompt"][-1]["content"] == "Universal donor?\nA. AB+\nB. O-"
+    assert row["answer"] == "B" and json.loads(row["options"]) == {"A": "AB+", "B": "O-"}
+    assert prompt_of({"question": "Q", "options": ["x", "y", "z"], "answer": 2})["answer"] == "C"  # MedMCQA's cop
+    assert prompt_of({"question": "Q", "options": ["x", "y", "z"], "answer": "A, C"})["answer"] == "AC"
+
+
+@pytest.mark.parametrize(
+    ("row", "text"),
+    [
+        ({"question": "Q", "options": {"A": "x"}, "answer": "E"}, r"'E' is not among the option letters A"),
+        ({"question": "Q", "options": 5}, r"field 'options'"),
+        ({"messages": [{"role": "assistant", "content": "Hi"}]}, "no user turn"),
+        ({"answer": "only"}, r"no prompt found \(keys: 'answer'\)"),
+        ({"question": 7}, r"field 'question': expected a string"),
+    ],
+)
+def test_bad_prompt_rows_name_the_field(row, text):
+    from medgpt.formats import normalize_prompt_row
+
+    with pytest.raises(RowError, match=text):
+        normalize_prompt_row(row)
+
+
+def test_prompt_files_share_the_reader_errors_and_skip_bad_rows(tmp_path):
+    write_jsonl(tmp_path / "p" / "train.jsonl", [{"question": "Q1", "answer": "A1"}, {"nothing": 1}, "{broken"])
+    with pytest.raises(UserError, match=r"train\.jsonl:2: .*no prompt found"):
+        load_datasets(DataArguments(train_file_dir=str(tmp_path / "p"), validation_split_percentage=0), "prompt")
+    data = load_datasets(
+        DataArguments(train_file_dir=str(tmp_path / "p"), validation_split_percentage=0, skip_bad_rows=True), "prompt"
+    )
+    assert data["train"]["answer"] == ["A1"]
+
+
+def test_prepare_splits_one_rule_for_empty_splits(tmp_path, caplog):
+    from datasets import Dataset, DatasetDict
+    from transformers import TrainingArguments
+
+    from medgpt.data import prepare_splits
+
+    raw = DatasetDict({"train": Dataset.from_dict({"x": [1, 2, 3]}), "validation": Dataset.from_dict({"x": [4]})})
+    training = TrainingArguments(output_dir=str(tmp_path), do_eval=True, use_cpu=True)
+    data_args = DataArguments(max_train_samples=2)
+    splits = prepare_splits(raw, data_args, training, lambda rows, name: rows, "never")
+    assert len(splits["train"]) == 2 and len(splits["validation"]) == 1
+    splits = prepare_splits(
+        raw, data_args, training, lambda rows, name: rows.select([]) if name != "train" else rows, "x"
+    )
+    assert "validation" not in splits and "evaluation is skipped" in caplog.text
+    with pytest.raises(UserError, match="no training data left: raise the limit"):
+        prepare_splits(raw, data_args, training, lambda rows, name: rows.select([]), "raise the limit")
+    stepped = TrainingArguments(output_dir=str(tmp_path), eval_strategy="steps", use_cpu=True)
+    with pytest.raises(UserError, match="needs an eval split"):
+        prepare_splits(raw, data_args, stepped, lambda rows, name: rows.select([]) if name != "train" else rows, "x")

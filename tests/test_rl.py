@@ -293,3 +293,51 @@ def test_ppo_under_torchrun_and_deepspeed(rl_models, tmp_path, launcher):
     assert state["global_step"] == 2 and "objective/scores" in state["log_history"][0]
     assert (out / "checkpoint-2" / "value_model" / "adapter_model.safetensors").is_file()
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_a_language_model_is_refused_as_reward_model(rl_models, tmp_path):
+    with pytest.raises(UserError, match=r"--reward_model_path .* is a language model .* not a reward model"):
+        ppo_training.main(ppo_argv(rl_models, tmp_path / "out", "--reward_model_path", str(rl_models["sft"])))
+    with pytest.raises(UserError, match=r"--reward_model_path \./nowhere: no such folder"):
+        ppo_training.main(ppo_argv(rl_models, tmp_path / "out", "--reward_model_path", "./nowhere"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_ppo_flags_change_the_run(rl_models, tmp_path):
+    """--total_episodes sets the step count, --num_mini_batches the optimizer steps per epoch, --missing_eos_penalty
+    lowers the score of unfinished answers, --kl_target adapts the KL coefficient."""
+    short = ["--response_length", "2", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1"]
+    plain = ppo_training.main(ppo_argv(rl_models, tmp_path / "a", *short, "--total_episodes", "4"))
+    assert plain.state.global_step == 2
+    penalised = ppo_training.main(
+        ppo_argv(rl_models, tmp_path / "b", *short, "--total_episodes", "4", "--missing_eos_penalty", "5")
+        + ["--num_mini_batches", "2", "--kl_target", "0.1", "--kl_coef", "0.2"]
+    )
+    first, other = plain.state.log_history[0], penalised.state.log_history[0]
+    unfinished = first["val/num_eos_tokens"] == 0 and other["val/num_eos_tokens"] == 0
+    assert unfinished and other["objective/scores"] == pytest.approx(first["objective/scores"] - 5, abs=1.0)
+    assert penalised.state.global_step == 1  # 4 episodes / (2 x 1 x 2 mini-batches)
+    coefficients = [
+        entry["objective/kl_coef"] for entry in penalised.state.log_history if "objective/kl_coef" in entry
+    ]
+    assert coefficients[0] == 0.2 and penalised.kl_ctl.value != 0.2
+    assert penalised.optimizer.state  # every minibatch stepped the optimizer
+
+
+def test_ppo_and_grpo_take_config_files_and_help(tmp_path):
+    import subprocess
+    import sys
+
+    from medgpt import args
+
+    (tmp_path / "ppo.yaml").write_text("kl_coef: 0.02\nresponse_length: 64\nsft_model_path: merged-sft\n")
+    parsed = args.parse(ppo_training.ARG_TYPES, ["--config", str(tmp_path / "ppo.yaml"), "--kl_coef", "0.3"])
+    assert parsed[4].kl_coef == 0.3 and parsed[4].response_length == 64 and parsed[4].sft_model_path == "merged-sft"
+    assert args.parse(ppo_training.ARG_TYPES, ["--max_completion_length", "32"])[4].response_length == 32
+    (tmp_path / "grpo.yaml").write_text("reward_funcs: [choice_accuracy, format]\nnum_generations: 2\n")
+    parsed = args.parse(grpo_training.ARG_TYPES, ["--config", str(tmp_path / "grpo.yaml")])
+    assert parsed[4].reward_funcs == ["choice_accuracy", "format"] and parsed[5].num_generations == 2
+    root = Path(__file__).resolve().parents[1]
+    for script, flag in (("ppo_training.py", "--kl_coef"), ("grpo_training.py", "--reward_funcs")):
+        result = subprocess.run([sys.executable, script, "--help"], cwd=root, capture_output=True, text=True)
+        assert result.returncode == 0 and flag in result.stdout

@@ -1,0 +1,80 @@
+"""The reward scorer and the loader of saved model folders: one object behind RM scoring, PPO and GRPO."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from medgpt.errors import UserError
+from medgpt.model import load_saved
+from medgpt.preference import score
+from medgpt.saving import save_template
+from medgpt.scoring import RewardModelScorer
+
+
+@pytest.fixture(scope="module")
+def reward_dir(tiny_model_dir, tmp_path_factory):
+    """A one-score classifier on the tiny model, saved with its template (chatml) as reward_modeling.py does."""
+    out = tmp_path_factory.mktemp("rm")
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    model.config.pad_token_id = 0
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    save_template(out, "chatml")
+    return out
+
+
+def test_scorer_renders_with_the_reward_models_own_template_and_scores(reward_dir):
+    scorer = RewardModelScorer(str(reward_dir))
+    assert scorer.template.name == "chatml" and scorer.__name__ == "reward_model"
+    texts = scorer.texts(["I have a fever."], ["Rest."])
+    assert texts == ["<|im_start|>user\nI have a fever.<|im_end|>\n<|im_start|>assistant\nRest.<|im_end|>"]
+    ids = scorer.tokenizer(texts, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        expected = scorer.model(**ids).logits[0, 0].item()
+    assert scorer(["I have a fever."], ["Rest."]) == pytest.approx([expected], abs=1e-5)
+
+
+def test_scorer_takes_trl_shapes_and_batches_like_single_calls(reward_dir):
+    scorer = RewardModelScorer(str(reward_dir), batch_size=2)
+    prompts = ["Q1", [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Q2"}], "Q3"]
+    completions = ["A short answer.", [{"role": "assistant", "content": "A much longer answer than the first."}], "x"]
+    batched = scorer(prompts, completions, answer=["", "", ""], trainer_state=None)
+    single = [scorer([p], [c])[0] for p, c in zip(prompts, completions, strict=True)]
+    assert batched == pytest.approx(single, abs=1e-5)
+    assert score(reward_dir, "Q1", ["A short answer."]) == pytest.approx(single[:1], abs=1e-5)
+
+
+def test_scorer_renders_tool_definitions_from_the_dataset_column(reward_dir):
+    scorer = RewardModelScorer(str(reward_dir))
+    tools = json.dumps([{"name": "get_weather", "description": "Weather", "parameters": {}}])
+    with_tools = scorer.texts(["Weather?"], ["Sunny."], [tools])[0]
+    assert "get_weather" in with_tools and "get_weather" not in scorer.texts(["Weather?"], ["Sunny."])[0]
+
+
+def test_load_saved_reads_adapter_tokenizer_and_template(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    adapter = tmp_path / "adapter"
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
+    save_template(adapter, "qwen")
+    model, tokenizer, template = load_saved(str(tiny_model_dir), str(adapter))
+    assert isinstance(model, PeftModel) and template.name == "qwen" and tokenizer.padding_side == "left"
+    assert not model.training
+
+
+@pytest.mark.parametrize(
+    ("folders", "message"),
+    [
+        (("./missing-model", None), r"--base_model \./missing-model: no such folder"),
+        ((None, "./missing-adapter"), r"--lora_model \./missing-adapter"),
+    ],
+)
+def test_load_saved_names_the_flag(tiny_model_dir, folders, message):
+    model_dir, lora = folders
+    with pytest.raises(UserError, match=message):
+        load_saved(model_dir or str(tiny_model_dir), lora)
