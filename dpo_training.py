@@ -79,11 +79,7 @@ def main(argv: list[str] | None = None) -> DPOTrainer:
     training_args.max_length = max_length  # recorded as given (the pairs were cut to it above)
     if training_args.precompute_ref_log_probs and trainer.is_world_process_zero():
         log_reference_cache(trainer, started)
-    if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        saving.save_outputs(trainer, template, chat_args.tool_format, result.metrics)
-    if eval_set is not None and training_args.do_eval:
-        saving.evaluate(trainer)
+    saving.train_and_evaluate(trainer, template, chat_args.tool_format)
     return trainer
 
 

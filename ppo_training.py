@@ -110,11 +110,7 @@ def main(argv: list[str] | None = None) -> PPOTrainer:
         eval_dataset=splits.get("validation"),
         processing_class=tokenizer,
     )
-    if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        saving.save_outputs(trainer, template, chat_args.tool_format, result.metrics)
-    if "validation" in splits and training_args.do_eval:
-        saving.evaluate(trainer)
+    saving.train_and_evaluate(trainer, template, chat_args.tool_format)
     return trainer
 
 

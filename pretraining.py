@@ -75,11 +75,7 @@ def main(argv: list[str] | None = None) -> Trainer:
         data_collator=tokenization.Collator(tokenizer.pad_token_id, flatten=model.padding_free(model_args)),
         processing_class=tokenizer,
     )
-    if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        saving.save_outputs(trainer, train_metrics=result.metrics)
-    if "validation" in splits and training_args.do_eval:
-        saving.evaluate(trainer, perplexity=True)
+    saving.train_and_evaluate(trainer, perplexity=True)
     return trainer
 
 

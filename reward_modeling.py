@@ -48,11 +48,7 @@ def main(argv: list[str] | None = None) -> RewardTrainer:
         eval_dataset=eval_set,
         processing_class=tokenizer,
     )
-    if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        saving.save_outputs(trainer, template, chat_args.tool_format, result.metrics)
-    if eval_set is not None and training_args.do_eval:
-        saving.evaluate(trainer)
+    saving.train_and_evaluate(trainer, template, chat_args.tool_format)
     return trainer
 
 

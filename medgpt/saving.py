@@ -93,6 +93,18 @@ def save_outputs(
     logger.info("saved to %s", output_dir)
 
 
+def train_and_evaluate(
+    trainer: Trainer, template=None, tool_format: str | None = None, perplexity: bool = False
+) -> None:
+    """How every stage ends: train (resuming when --resume_from_checkpoint says so) and save everything, then
+    evaluate when there is an eval split and --do_eval asks for it."""
+    if trainer.args.do_train:
+        result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+        save_outputs(trainer, template, tool_format, result.metrics)
+    if trainer.eval_dataset is not None and trainer.args.do_eval:
+        evaluate(trainer, perplexity)
+
+
 def evaluate(trainer: Trainer, perplexity: bool = False) -> dict:
     """Evaluate and save eval metrics; for language-model losses also perplexity = exp(eval_loss)."""
     from transformers.integrations import TensorBoardCallback
