@@ -16,6 +16,7 @@ vLLM (rollouts use `generate` with the KV cache).
 """
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -37,6 +38,7 @@ from medgpt.generation import cut_at_stop
 
 logger = logging.getLogger(__name__)
 VALUE_MODEL_DIR = "value_model"
+PPO_STATE = "ppo_state.json"
 
 
 @dataclass
@@ -215,9 +217,8 @@ class PPOTrainer(Trainer):
         num_epochs = math.ceil(max_steps / batches_per_epoch)
         self._init_training_state(max_steps, batches_per_epoch, num_epochs, resume_from_checkpoint, trial)
         model, dataloader = self._prepare_for_training(max_steps, dataloader, resume_from_checkpoint)
-        if resume_from_checkpoint is not None:
-            logged = [entry["objective/kl_coef"] for entry in self.state.log_history if "objective/kl_coef" in entry]
-            self.kl_ctl.value = logged[-1] if logged else self.kl_ctl.value  # the adaptive coefficient reached
+        if resume_from_checkpoint is not None and Path(resume_from_checkpoint, PPO_STATE).is_file():
+            self.kl_ctl.value = json.loads(Path(resume_from_checkpoint, PPO_STATE).read_text())["kl_coef"]
         logger.info(
             "PPO: %d rollout batches of %d prompts per process (%d epochs of %d batches), %d PPO epochs x %d "
             "minibatches each",
@@ -470,6 +471,13 @@ class PPOTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint plus the KL coefficient the adaptive controller has reached."""
+        super()._save_checkpoint(model, trial)
+        folder = Path(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
+        if self.args.should_save and folder.is_dir():
+            Path(folder, PPO_STATE).write_text(json.dumps({"kl_coef": self.kl_ctl.value}))
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """The policy (adapter or full weights) and tokenizer in output_dir; the critic in output_dir/value_model."""

@@ -116,7 +116,7 @@ def test_ppo_resumes_to_the_same_adapter(rl_models, tmp_path):
     """A run stopped after a checkpoint and resumed ends with the adapter of an uninterrupted run."""
     from safetensors.torch import load_file
 
-    steps = ["--max_steps", "4", "--num_ppo_epochs", "2"]
+    steps = ["--max_steps", "4", "--num_ppo_epochs", "2", "--kl_target", "0.5"]
     ppo_training.main(ppo_argv(rl_models, tmp_path / "whole", *steps))
     # The same run with checkpoints, then again from its step-2 checkpoint: the resumed half writes the result.
     argv = ppo_argv(rl_models, tmp_path / "resumed", *steps)
@@ -124,6 +124,7 @@ def test_ppo_resumes_to_the_same_adapter(rl_models, tmp_path):
     ppo_training.main([*argv, "--save_steps", "2"])
     checkpoint = tmp_path / "resumed" / "checkpoint-2"
     assert (checkpoint / "value_model" / "adapter_model.safetensors").is_file()
+    assert json.loads((checkpoint / "ppo_state.json").read_text())["kl_coef"] != 0.05  # the adaptive coefficient
     ppo_training.main([*argv, "--save_steps", "2", "--resume_from_checkpoint", str(checkpoint)])
     whole = load_file(tmp_path / "whole" / "adapter_model.safetensors")
     resumed = load_file(tmp_path / "resumed" / "adapter_model.safetensors")
