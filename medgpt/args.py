@@ -168,6 +168,36 @@ def _config_to_argv(path: str, parser: HfArgumentParser) -> list[str]:
     return argv
 
 
+# Flags MedicalGPT's scripts took under TRL's or older transformers' names -> ours. Applied only where a script has
+# the new flag and not the old one; list values (TRL's --lora_target_modules q_proj v_proj) become a comma list.
+LEGACY_FLAGS = {
+    "--dtype": "--torch_dtype",
+    "--lora_r": "--lora_rank",
+    "--lora_target_modules": "--target_modules",
+    "--warmup_ratio": "--warmup_steps",  # a float below 1 is a ratio of the total steps in transformers 5
+}
+
+
+def rename_legacy_flags(argv: list[str], parser: HfArgumentParser) -> list[str]:
+    known = parser._option_string_actions
+    renamed: list[str] = []
+    index = 0
+    while index < len(argv):
+        flag, _, inline = argv[index].partition("=")
+        target = LEGACY_FLAGS.get(flag)
+        if target is None or flag in known or target not in known:
+            renamed.append(argv[index])
+            index += 1
+            continue
+        values = [inline] if inline else []
+        index += 1
+        while not inline and index < len(argv) and not argv[index].startswith("--"):
+            values.append(argv[index])
+            index += 1
+        renamed += [target, ",".join(values)] if values else [target]
+    return renamed
+
+
 def _accelerator_available() -> bool:
     import torch
 
@@ -201,7 +231,8 @@ def parse(types: tuple[type, ...], argv: list[str] | None = None, defaults: dict
         else:
             path = argv.pop(index).split("=", 1)[1]
         config_argv += _config_to_argv(path, parser)
-    *parsed, unknown = parser.parse_args_into_dataclasses(args=config_argv + argv, return_remaining_strings=True)
+    argv = rename_legacy_flags(config_argv + argv, parser)
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if unknown:
         flags = [a for a in unknown if a.startswith("-")] or unknown
         hints = [

@@ -53,8 +53,15 @@ def test_unknown_flag_is_an_error_with_a_hint():
 
 
 def test_abbreviated_flags_are_not_guessed():
-    with pytest.raises(UserError, match="--lora_r"):
-        args.parse(TYPES, ["--model_name_or_path", "m", "--lora_r", "4"])
+    with pytest.raises(UserError, match="--lora_ran"):
+        args.parse(TYPES, ["--model_name_or_path", "m", "--lora_ran", "4"])
+
+
+def test_medicalgpt_legacy_flag_names_are_renamed():
+    model_args, lora_args, _, training_args = args.parse(
+        TYPES, ["--model_name_or_path", "m", "--lora_r", "4", "--dtype=float32", "--warmup_ratio", "0.1"]
+    )
+    assert lora_args.lora_rank == 4 and model_args.torch_dtype == "float32" and training_args.warmup_steps == 0.1
 
 
 def test_cpu_machine_defaults_to_cpu_training():

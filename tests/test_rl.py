@@ -342,3 +342,23 @@ def test_ppo_and_grpo_take_config_files_and_help(tmp_path):
     for script, flag in (("ppo_training.py", "--kl_coef"), ("grpo_training.py", "--reward_funcs")):
         result = subprocess.run([sys.executable, script, "--help"], cwd=root, capture_output=True, text=True)
         assert result.returncode == 0 and flag in result.stdout
+
+
+def test_medicalgpt_grpo_flags_parse():
+    """The flags of MedicalGPT's GRPO launch script, TRL-era names included."""
+    from medgpt import args
+
+    flags = "--train_file_dir data/grpo --train_samples -1 --max_steps -1 --num_train_epochs 1 --save_steps 50"
+    flags += " --save_strategy steps --save_total_limit 13 --output_dir outputs-grpo-v1 --dtype bfloat16 --bf16 True"
+    flags += " --report_to tensorboard --remove_unused_columns False --gradient_checkpointing False --beta 0.001"
+    flags += " --learning_rate 5.0e-7 --lr_scheduler_type cosine --warmup_ratio 0.03 --use_vllm False"
+    flags += " --logging_steps 10 --use_peft True --qlora False --load_in_4bit False"
+    flags += " --lora_target_modules q_proj k_proj v_proj o_proj gate_proj up_proj down_proj --lora_r 16"
+    flags += " --lora_alpha 32 --lora_dropout 0.1 --per_device_train_batch_size 4 --per_device_eval_batch_size 1"
+    flags += " --num_generations 4 --gradient_accumulation_steps 1 --max_completion_length 512"
+    model_args, lora_args, data_args, _, grpo_args, config = args.parse(
+        grpo_training.ARG_TYPES, ["--model_name_or_path", "m", *flags.split()], grpo_training.DEFAULTS
+    )
+    assert model_args.torch_dtype == "bfloat16" and lora_args.lora_rank == 16 and config.warmup_steps == 0.03
+    assert lora_args.target_modules == "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    assert grpo_args.train_samples == -1 and config.num_generations == 4
