@@ -15,9 +15,9 @@ from pathlib import Path
 
 from transformers import set_seed
 
-from medgpt import args, data, model
+from medgpt import args, data
+from medgpt.engine import ChatEngine
 from medgpt.errors import UserError, run_cli
-from medgpt.generation import answer, answer_batch, generation_kwargs, stop_strings
 from medgpt.prompts import with_system
 
 logger = logging.getLogger(__name__)
@@ -53,11 +53,12 @@ class InferenceArguments:
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the checkpoint."})
 
 
-def load(inf_args: InferenceArguments):
-    """Model (+ adapter), tokenizer (left padding for batches) and the template it was trained with."""
-    lm, tokenizer, template = model.load_saved(
+def load(inf_args: InferenceArguments) -> ChatEngine:
+    """The chat engine: model (+ adapter), tokenizer and the template it was trained with, loaded once."""
+    return ChatEngine.load(
         inf_args.base_model,
         inf_args.lora_model,
+        extra_stop=inf_args.stop_str,
         template_name=inf_args.template_name,
         tokenizer_path=inf_args.tokenizer_path,
         load_in_8bit=inf_args.load_in_8bit,
@@ -65,15 +66,11 @@ def load(inf_args: InferenceArguments):
         resize_emb=inf_args.resize_emb,
         trust_remote_code=inf_args.trust_remote_code,
     )
-    return tokenizer, template, lm
 
 
-def interactive(
-    lm, tokenizer, template, inf_args: InferenceArguments, gen_kwargs: dict, stops: list[str]
-) -> list[dict]:
-    """Multi-turn chat on stdin/stdout. Returns the conversation (for tests and logs)."""
+def interactive(engine: ChatEngine, inf_args: InferenceArguments, sampling: dict) -> list[dict]:
+    """Multi-turn chat on stdin/stdout, answers streamed. Returns the conversation (for tests and logs)."""
     print("Chat started. Type 'clear' to forget the conversation, 'exit' to quit.")
-    system = [{"role": "system", "content": inf_args.system_prompt}] if inf_args.system_prompt else []
     history: list[dict] = []
     while True:
         try:
@@ -89,14 +86,17 @@ def interactive(
         if not query:
             continue
         print("Assistant: ", end="", flush=True)
-        messages = system + history + [{"role": "user", "content": query}]
-        reply = answer(lm, tokenizer, template, messages, gen_kwargs, stops, stream=True)
-        turn = [{"role": "user", "content": query}, {"role": "assistant", "content": reply}]
+        messages = with_system([*history, {"role": "user", "content": query}], inf_args.system_prompt)
+        stream = engine.stream(messages, **sampling)
+        for piece in stream:
+            print(piece, end="", flush=True)
+        print()
+        turn = [{"role": "user", "content": query}, {"role": "assistant", "content": stream.reply.text}]
         history = [] if inf_args.single_tune else history + turn
     return history
 
 
-def batch(lm, tokenizer, template, inf_args: InferenceArguments, gen_kwargs: dict, stops: list[str]) -> Path:
+def batch(engine: ChatEngine, inf_args: InferenceArguments, sampling: dict) -> Path:
     conversations = data.read_prompt_file(inf_args.data_file, "data_file")
     out = Path(inf_args.output_file)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -104,11 +104,10 @@ def batch(lm, tokenizer, template, inf_args: InferenceArguments, gen_kwargs: dic
     with partial.open("w", encoding="utf-8") as f:
         for start in range(0, len(conversations), inf_args.eval_batch_size):
             chunk = conversations[start : start + inf_args.eval_batch_size]
-            replies = answer_batch(
-                lm, tokenizer, template, [with_system(c, inf_args.system_prompt) for c in chunk], gen_kwargs, stops
-            )
+            replies = engine.batch([with_system(c, inf_args.system_prompt) for c in chunk], **sampling)
             for conversation, reply in zip(chunk, replies, strict=True):
-                f.write(json.dumps({"Input": conversation[-1]["content"], "Output": reply}, ensure_ascii=False) + "\n")
+                row = {"Input": conversation[-1]["content"], "Output": reply.text}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
             logger.info("answered %d/%d", min(start + len(chunk), len(conversations)), len(conversations))
     os.replace(partial, out)
     print(f"wrote {len(conversations)} answers to {out}")
@@ -121,14 +120,16 @@ def main(argv: list[str] | None = None):
         raise UserError("nothing to do: pass --interactive to chat, or --data_file FILE for batch answers.")
     if inf_args.seed is not None:
         set_seed(inf_args.seed)
-    tokenizer, template, lm = load(inf_args)
-    stops = stop_strings(template, inf_args.stop_str)
-    gen_kwargs = generation_kwargs(
-        tokenizer, stops, inf_args.max_new_tokens, inf_args.temperature, inf_args.top_p, inf_args.repetition_penalty
-    )
+    engine = load(inf_args)
+    sampling = {
+        "max_new_tokens": inf_args.max_new_tokens,
+        "temperature": inf_args.temperature,
+        "top_p": inf_args.top_p,
+        "repetition_penalty": inf_args.repetition_penalty,
+    }
     if inf_args.interactive:
-        return interactive(lm, tokenizer, template, inf_args, gen_kwargs, stops)
-    return batch(lm, tokenizer, template, inf_args, gen_kwargs, stops)
+        return interactive(engine, inf_args, sampling)
+    return batch(engine, inf_args, sampling)
 
 
 if __name__ == "__main__":

@@ -163,6 +163,45 @@ def answer_text(tool_format: str, content: str, tool_calls: list[dict] | None) -
     return f"{content}\n{text}" if content else text
 
 
+def parse_tool_calls(tool_format: str, text: str, tool_names: set[str] | None = None) -> tuple[str, list[dict]]:
+    """The inverse of `answer_text`: (content, OpenAI tool_calls) from an answer the model wrote.
+
+    Calls are found by the format's own call pattern (`{name}` then a JSON `{arguments}` object); with
+    `tool_names` only calls of those tools count. The content is the text before the first call. Text that holds no
+    complete call comes back unchanged with no calls."""
+    fmt = TOOL_FORMATS[tool_format]
+    before_name, after_name = fmt.call.split("{name}")
+    between, after_arguments = after_name.split("{arguments}")
+    call_open = _fill(fmt.calls, calls="\x00").split("\x00")[0]  # e.g. "[TOOL_CALLS] [" around all calls
+    decoder = json.JSONDecoder()
+    name_pattern = re.compile(re.escape(before_name) + r"([\w.\-]+)" + re.escape(between))
+    calls, first_start, position = [], None, 0
+    while match := name_pattern.search(text, position):
+        name = match.group(1)
+        try:
+            arguments, end = decoder.raw_decode(text, match.end())
+        except json.JSONDecodeError:
+            position = match.start() + 1
+            continue
+        closing = after_arguments.strip()
+        if (
+            not isinstance(arguments, dict)
+            or not text[end:].lstrip().startswith(closing)
+            or (tool_names is not None and name not in tool_names)
+        ):
+            position = match.start() + 1
+            continue
+        first_start = match.start() if first_start is None else first_start
+        calls.append({"type": "function", "function": {"name": name, "arguments": _to_json(arguments)}})
+        position = text.index(closing, end) + len(closing) if closing else end
+    if not calls:
+        return text, []
+    content = text[:first_start]
+    if call_open.strip() and content.rstrip().endswith(call_open.strip()):
+        content = content.rstrip()[: -len(call_open.strip())]
+    return content.strip(), calls
+
+
 # MedicalGPT's names for the Qwen3 families: they write tools the way Qwen2.5 does.
 TOOL_FORMAT_ALIASES = {"qwen3": "qwen", "qwen3.5": "qwen", "qwen3_5": "qwen"}
 

@@ -302,13 +302,13 @@ def test_inference_is_reproducible_with_a_seed(tiny_model_dir, tmp_path):
 def test_interactive_chat_keeps_correct_history(tiny_model_dir, sft_dir, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("first question\nsecond question\nclear\nthird\nexit\n"))
     prompts = []
-    original = inference.answer
+    original = inference.ChatEngine.stream
 
-    def spy(lm, tokenizer, template, messages, gen_kwargs, stops, stream=False):
+    def spy(engine, messages, *args, **kwargs):
         prompts.append(messages)
-        return original(lm, tokenizer, template, messages, gen_kwargs, stops, stream)
+        return original(engine, messages, *args, **kwargs)
 
-    monkeypatch.setattr(inference, "answer", spy)
+    monkeypatch.setattr(inference.ChatEngine, "stream", spy)
     history = inference.main(
         [
             "--base_model",

@@ -1,0 +1,231 @@
+"""One chat engine behind every front end: the terminal chat and batch answers (inference.py), the OpenAI-compatible
+server (openai_api.py) and the web page (gradio_demo.py).
+
+The engine loads a model folder (or base + LoRA adapter) once, with the chat template it was trained with, and
+answers conversations: `reply` (whole answers), `stream` (an iterator of text pieces; the joined pieces equal the
+whole answer), `batch` (several conversations generated together) and `complete` (raw text continuation). It
+prints nothing. Answers end at the template's stop strings (plus any extra ones) and tool calls the model writes are
+parsed back into OpenAI `tool_calls`, the inverse of how training renders them.
+
+    engine = ChatEngine.load("merged-sft")
+    engine.reply([{"role": "user", "content": "What helps a fever?"}], temperature=0).text
+    for piece in engine.stream(messages, max_new_tokens=128): print(piece, end="")
+"""
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, set_seed
+
+from medgpt.generation import cut_at_stop, generation_kwargs, stop_strings
+from template import TOOL_FORMATS, parse_tool_calls
+
+
+@dataclass
+class Reply:
+    """A finished answer. finish_reason: "stop" (a stop string), "length" (max_new_tokens reached), "tool_calls"
+    or "cancelled" (the caller stopped a stream)."""
+
+    text: str
+    tool_calls: list[dict] = field(default_factory=list)
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class PromptTooLong(ValueError):
+    """The prompt plus the answer budget do not fit the model's context."""
+
+    def __init__(self, prompt_tokens: int, max_new_tokens: int, context: int) -> None:
+        super().__init__(
+            f"the prompt has {prompt_tokens} tokens and up to {max_new_tokens} may be generated, but the model's "
+            f"context holds {context}; shorten the conversation or lower max_tokens"
+        )
+        self.prompt_tokens, self.max_new_tokens, self.context = prompt_tokens, max_new_tokens, context
+
+
+class _Cancelled(StoppingCriteria):
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class TextStream:
+    """Text pieces of one answer as they are generated; `reply` holds the finished answer once exhausted. A piece
+    is only given out when no stop string can still begin in it, so the pieces never contain a stop string."""
+
+    def __init__(self, pieces: Iterator[str], finish, stops: list[str], hold_all: bool) -> None:
+        self._pieces, self._finish, self._stops, self._hold_all = pieces, finish, stops, hold_all
+        self.reply: Reply | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        text, given = "", 0
+        for piece in self._pieces:
+            text += piece
+            visible = text.lstrip()
+            if any(stop in visible for stop in self._stops) or self._hold_all:
+                continue  # the rest comes from the finished answer
+            hold = max((len(s) - 1 for s in self._stops if s), default=0)  # a stop string may be starting
+            safe = len(visible.rstrip()) if hold == 0 else max(0, min(len(visible) - hold, len(visible.rstrip())))
+            if safe > given:
+                yield visible[given:safe]
+                given = safe
+        self.reply = self._finish(text)
+        if len(self.reply.text) > given:
+            yield self.reply.text[given:]
+
+
+class ChatEngine:
+    def __init__(self, model, tokenizer, template, extra_stop: str = "") -> None:
+        self.model, self.tokenizer, self.template = model.eval(), tokenizer, template
+        self.tokenizer.padding_side = "left"  # batches continue on the right
+        self.stops = stop_strings(template, extra_stop)
+        self.context = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
+
+    @classmethod
+    def load(cls, base_model: str, lora_model: str | None = None, extra_stop: str = "", **load_kwargs) -> "ChatEngine":
+        """A saved model folder, or a base model plus a LoRA adapter (see medgpt.model.load_saved)."""
+        from medgpt.model import load_saved
+
+        model, tokenizer, template = load_saved(base_model, lora_model, **load_kwargs)
+        return cls(model, tokenizer, template, extra_stop)
+
+    # ---------------------------------------------------------------- prompts
+
+    def render(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        """The conversation in the model's chat format, ending with the header of the answer to write."""
+        return self.template.render(messages, tools, add_generation_prompt=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        if self.context and prompt_tokens + max_new_tokens > self.context:
+            raise PromptTooLong(prompt_tokens, max_new_tokens, self.context)
+
+    # ---------------------------------------------------------------- answers
+
+    def reply(self, messages: list[dict], tools: list[dict] | None = None, **sampling) -> Reply:
+        return self.complete(self.render(messages, tools), tools=tools, **sampling)
+
+    def stream(
+        self,
+        messages: list[dict],
+        tools: list[dict] | None = None,
+        cancel: threading.Event | None = None,
+        **sampling,
+    ) -> TextStream:
+        return self.complete_stream(self.render(messages, tools), tools=tools, cancel=cancel, **sampling)
+
+    def batch(self, conversations: list[list[dict]], tools: list[dict] | None = None, **sampling) -> list[Reply]:
+        """Answers to several conversations, generated together (left-padded)."""
+        prompts = [self.render(c, tools) for c in conversations]
+        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        stops, kwargs = self._settings(sampling)
+        output = self._generate(inputs, kwargs)
+        width = inputs["input_ids"].shape[1]
+        lengths = inputs["attention_mask"].sum(1).tolist()
+        return [
+            self._finish_ids(ids[width:], stops, tools, kwargs["max_new_tokens"], length)
+            for ids, length in zip(output, lengths, strict=True)
+        ]
+
+    def complete(self, prompt: str, tools: list[dict] | None = None, **sampling) -> Reply:
+        """The model's continuation of `prompt` (already in chat format, or raw text), cut at the stops."""
+        inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        stops, kwargs = self._settings(sampling)
+        self.check_fits(inputs["input_ids"].shape[1], kwargs["max_new_tokens"])
+        output = self._generate(inputs, kwargs)
+        new = output[0, inputs["input_ids"].shape[1] :]
+        return self._finish_ids(new, stops, tools, kwargs["max_new_tokens"], inputs["input_ids"].shape[1])
+
+    def complete_stream(
+        self, prompt: str, tools: list[dict] | None = None, cancel: threading.Event | None = None, **sampling
+    ) -> TextStream:
+        """`complete` as text pieces. Setting `cancel` stops the generation after the current token."""
+        inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        stops, kwargs = self._settings(sampling)
+        prompt_tokens = inputs["input_ids"].shape[1]
+        self.check_fits(prompt_tokens, kwargs["max_new_tokens"])
+        cancel = cancel or threading.Event()
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        result: dict = {}
+
+        def run() -> None:
+            try:
+                result["output"] = self._generate(
+                    inputs,
+                    {**kwargs, "streamer": streamer, "stopping_criteria": StoppingCriteriaList([_Cancelled(cancel)])},
+                )
+            except BaseException as err:  # surfaces in the caller's thread below
+                result["error"] = err
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+
+        def finish(text: str) -> Reply:
+            thread.join()
+            if "error" in result:
+                raise result["error"]
+            new = result["output"][0, prompt_tokens:]
+            reply = self._finish_text(text, new, stops, tools, kwargs["max_new_tokens"], prompt_tokens)
+            if cancel.is_set():
+                reply.finish_reason = "cancelled"
+            return reply
+
+        # Stops that are special tokens never show in the decoded text; only the others need watching for.
+        visible_stops = [s for s in stops if s not in self.tokenizer.all_special_tokens]
+        return TextStream(streamer, finish, visible_stops, hold_all=bool(tools))
+
+    # ---------------------------------------------------------------- internals
+
+    def _settings(self, sampling: dict) -> tuple[list[str], dict]:
+        stops = [*self.stops, *(s for s in sampling.get("stop") or () if s)]
+        kwargs = generation_kwargs(
+            self.tokenizer,
+            stops,
+            sampling.get("max_new_tokens", 512),
+            sampling.get("temperature", 0.7),
+            sampling.get("top_p", 0.9),
+            sampling.get("repetition_penalty", 1.0),
+        )
+        kwargs["seed"] = sampling.get("seed")
+        return stops, kwargs
+
+    def _generate(self, inputs, kwargs: dict) -> torch.Tensor:
+        kwargs = dict(kwargs)
+        seed = kwargs.pop("seed", None)
+        if seed is not None:
+            set_seed(seed)  # global RNG: reproducible when generations do not overlap
+        inputs = inputs.to(self.model.device)
+        with torch.no_grad():
+            return self.model.generate(**inputs, **kwargs, use_cache=True)
+
+    def _finish_ids(self, new_ids, stops, tools, max_new_tokens: int, prompt_tokens: int) -> Reply:
+        text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+        return self._finish_text(text, new_ids, stops, tools, max_new_tokens, prompt_tokens)
+
+    def _finish_text(self, text: str, new_ids, stops, tools, max_new_tokens: int, prompt_tokens: int) -> Reply:
+        pad = self.tokenizer.pad_token_id
+        generated = len(new_ids) if pad is None else int((new_ids != pad).sum())  # batch rows end in padding
+        stopped = any(stop in text for stop in stops) or generated < max_new_tokens
+        reply = Reply(
+            text=cut_at_stop(text, stops),
+            finish_reason="stop" if stopped else "length",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=min(generated, max_new_tokens),
+        )
+        if tools:
+            names = {t.get("function", t).get("name") for t in tools}
+            # A tokenizer's own template (auto mode) names no format: take the first that finds a call.
+            for tool_format in [self.template.tool_format] if self.template.tool_format else TOOL_FORMATS:
+                content, calls = parse_tool_calls(tool_format, reply.text, names)
+                if calls:
+                    reply.text, reply.tool_calls, reply.finish_reason = content, calls, "tool_calls"
+                    break
+        return reply
