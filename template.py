@@ -166,9 +166,9 @@ def answer_text(tool_format: str, content: str, tool_calls: list[dict] | None) -
 def parse_tool_calls(tool_format: str, text: str, tool_names: set[str] | None = None) -> tuple[str, list[dict]]:
     """The inverse of `answer_text`: (content, OpenAI tool_calls) from an answer the model wrote.
 
-    Calls are found by the format's own call pattern (`{name}` then a JSON `{arguments}` object); with
-    `tool_names` only calls of those tools count. The content is the text before the first call. Text that holds no
-    complete call comes back unchanged with no calls."""
+    Calls are found by the format's own call pattern (`{name}` then a JSON `{arguments}` object; the closing text
+    may be missing); with `tool_names` only calls of those tools count. The content is the text before the first
+    call. Text that holds no call comes back unchanged with no calls."""
     fmt = TOOL_FORMATS[tool_format]
     before_name, after_name = fmt.call.split("{name}")
     between, after_arguments = after_name.split("{arguments}")
@@ -183,17 +183,15 @@ def parse_tool_calls(tool_format: str, text: str, tool_names: set[str] | None = 
         except json.JSONDecodeError:
             position = match.start() + 1
             continue
-        closing = after_arguments.strip()
-        if (
-            not isinstance(arguments, dict)
-            or not text[end:].lstrip().startswith(closing)
-            or (tool_names is not None and name not in tool_names)
-        ):
+        if not isinstance(arguments, dict) or (tool_names is not None and name not in tool_names):
             position = match.start() + 1
             continue
         first_start = match.start() if first_start is None else first_start
         calls.append({"type": "function", "function": {"name": name, "arguments": _to_json(arguments)}})
-        position = text.index(closing, end) + len(closing) if closing else end
+        # The closing text (e.g. "}\n</tool_call>") is skipped when present; small models sometimes garble it.
+        closing = after_arguments.strip()
+        rest = text[end:].lstrip()
+        position = len(text) - len(rest) + (len(closing) if closing and rest.startswith(closing) else 0)
     if not calls:
         return text, []
     content = text[:first_start]

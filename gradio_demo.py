@@ -1,0 +1,86 @@
+"""A web chat page for a trained model: multi-turn, streamed answers, a system prompt box, sampling sliders and a
+clear button. Same model flags as openai_api.py; listens on 127.0.0.1 unless --host says otherwise.
+
+    python gradio_demo.py --base_model merged-sft                       # then open http://127.0.0.1:7860
+    python gradio_demo.py --base_model merged-pt --lora_model outputs-sft --host 0.0.0.0 --port 7860
+"""
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a hospital network may not reach the internet
+
+from medgpt import args  # noqa: E402
+from medgpt.engine import ChatEngine  # noqa: E402
+from medgpt.errors import run_cli  # noqa: E402
+from medgpt.prompts import with_system  # noqa: E402
+
+
+@dataclass
+class DemoArguments:
+    base_model: str = field(metadata={"help": "Model folder or hub id (a merged model, or the base of --lora_model)."})
+    lora_model: str | None = field(default=None, metadata={"help": "LoRA adapter folder, used without merging."})
+    template_name: str | None = field(
+        default=None, metadata={"help": "Chat template; default: the one the model was trained with."}
+    )
+    system_prompt: str = field(default="", metadata={"help": "Initial text of the system prompt box."})
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (0.0.0.0 = every interface)."})
+    port: int = field(default=7860, metadata={"help": "TCP port."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Initial answer length limit."})
+    load_in_8bit: bool = field(default=False, metadata={"help": "Load the model in 8-bit (bitsandbytes)."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "Load the model in 4-bit (bitsandbytes)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the checkpoint."})
+
+
+def build_demo(engine: ChatEngine, title: str, system_prompt: str = "", max_new_tokens: int = 512):
+    import gradio as gr
+
+    def respond(message: str, history: list[dict], system: str, temperature: float, top_p: float, length: int):
+        if not message.strip():
+            yield "", history
+            return
+        turns = [{"role": m["role"], "content": m["content"]} for m in history if isinstance(m.get("content"), str)]
+        conversation = with_system([*turns, {"role": "user", "content": message}], system)
+        history = [*history, {"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+        sampling = {"temperature": temperature, "top_p": top_p, "max_new_tokens": int(length)}
+        for piece in engine.stream(conversation, **sampling):
+            history[-1]["content"] += piece
+            yield "", history
+
+    with gr.Blocks(title=title) as demo:
+        gr.Markdown(f"## {title}")
+        system = gr.Textbox(label="System prompt", value=system_prompt, lines=2)
+        chatbot = gr.Chatbot(label="Conversation", height=420, elem_id="chatbot")
+        message = gr.Textbox(label="Message", placeholder="Ask a medical question and press Enter", elem_id="message")
+        with gr.Row():
+            send = gr.Button("Send", variant="primary", elem_id="send")
+            clear = gr.Button("Clear", elem_id="clear")
+        with gr.Accordion("Sampling", open=False):
+            temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature (0 = greedy)")
+            top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p")
+            length = gr.Slider(16, max(2048, max_new_tokens), value=max_new_tokens, step=16, label="Max new tokens")
+        inputs = [message, chatbot, system, temperature, top_p, length]
+        message.submit(respond, inputs, [message, chatbot])
+        send.click(respond, inputs, [message, chatbot])
+        clear.click(lambda: ([], ""), None, [chatbot, message])
+    return demo
+
+
+def main(argv: list[str] | None = None) -> None:
+    (demo_args,) = args.parse((DemoArguments,), argv)
+    engine = ChatEngine.load(
+        demo_args.base_model,
+        demo_args.lora_model,
+        template_name=demo_args.template_name,
+        load_in_8bit=demo_args.load_in_8bit,
+        load_in_4bit=demo_args.load_in_4bit,
+        trust_remote_code=demo_args.trust_remote_code,
+    )
+    title = f"Medical chat: {Path(demo_args.lora_model or demo_args.base_model).name}"
+    demo = build_demo(engine, title, demo_args.system_prompt, demo_args.max_new_tokens)
+    demo.queue().launch(server_name=demo_args.host, server_port=demo_args.port, ssr_mode=False, show_error=True)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,80 @@
+"""The chat engine: streamed pieces join to the whole answer; stops, batches, context limit, cancel, tool calls."""
+
+import threading
+
+import pytest
+
+from medgpt.engine import ChatEngine, PromptTooLong
+from template import TOOL_FORMATS, answer_text, parse_tool_calls
+
+QUESTION = [{"role": "user", "content": "What helps a fever?"}]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir) -> ChatEngine:
+    return ChatEngine.load(str(tiny_model_dir), template_name="qwen")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_stream_pieces_join_to_the_whole_answer(engine, seed):
+    sampling = {"max_new_tokens": 24, "temperature": 1.0, "seed": seed}
+    whole = engine.reply(QUESTION, **sampling)
+    stream = engine.stream(QUESTION, **sampling)
+    pieces = list(stream)
+    assert "".join(pieces) == whole.text == stream.reply.text
+    assert stream.reply.completion_tokens == whole.completion_tokens > 0
+    assert whole.prompt_tokens == engine.count_tokens(engine.render(QUESTION))
+
+
+def test_extra_stop_strings_cut_the_answer_and_never_stream(engine):
+    free = engine.reply(QUESTION, max_new_tokens=24, temperature=1.0, seed=5).text
+    stop = next(ch for ch in free[3:] if ch.strip())  # a character the answer really writes
+    stopped = engine.reply(QUESTION, max_new_tokens=24, temperature=1.0, seed=5, stop=[stop])
+    assert stop not in stopped.text and free.startswith(stopped.text) and stopped.finish_reason == "stop"
+    pieces = list(engine.stream(QUESTION, max_new_tokens=24, temperature=1.0, seed=5, stop=[stop]))
+    assert "".join(pieces) == stopped.text and not any(stop in p for p in pieces)
+
+
+def test_length_limit_is_reported(engine):
+    reply = engine.reply(QUESTION, max_new_tokens=3, temperature=1.0, seed=0, stop=[])
+    assert reply.finish_reason in ("length", "stop") and reply.completion_tokens <= 3
+    forced = engine.reply(QUESTION, max_new_tokens=1, temperature=0)
+    assert forced.completion_tokens == 1
+
+
+def test_batch_equals_single_greedy_answers(engine):
+    conversations = [QUESTION, [{"role": "user", "content": "Dose of ibuprofen for an adult with a headache?"}]]
+    batched = engine.batch(conversations, max_new_tokens=10, temperature=0)
+    single = [engine.reply(c, max_new_tokens=10, temperature=0) for c in conversations]
+    assert [r.text for r in batched] == [r.text for r in single]
+
+
+def test_prompt_longer_than_the_context_is_refused(engine):
+    with pytest.raises(PromptTooLong, match="context holds 1024"):
+        engine.reply([{"role": "user", "content": "fever " * 2000}], max_new_tokens=8)
+
+
+def test_cancel_stops_a_stream(engine):
+    cancel = threading.Event()
+    stream = engine.stream(QUESTION, cancel=cancel, max_new_tokens=400, temperature=1.0, seed=0, stop=[])
+    cancel.set()
+    list(stream)
+    assert stream.reply.finish_reason == "cancelled" and stream.reply.completion_tokens < 400
+
+
+@pytest.mark.parametrize("tool_format", sorted(TOOL_FORMATS))
+def test_tool_calls_written_in_training_format_parse_back(tool_format):
+    calls = [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "北京"}}},
+        {"type": "function", "function": {"name": "lookup_drug", "arguments": {"name": "ibuprofen", "dose": 200}}},
+    ]
+    for content in ("", "Let me check."):
+        text = answer_text(tool_format, content, calls)
+        parsed_content, parsed = parse_tool_calls(tool_format, text, {"get_weather", "lookup_drug"})
+        assert parsed_content == content
+        assert [(c["function"]["name"], c["function"]["arguments"]) for c in parsed] == [
+            ("get_weather", '{"city": "北京"}'),
+            ("lookup_drug", '{"name": "ibuprofen", "dose": 200}'),
+        ]
+    assert parse_tool_calls(tool_format, "Rest and drink water.", {"get_weather"}) == ("Rest and drink water.", [])
+    assert parse_tool_calls(tool_format, answer_text(tool_format, "", calls[:1]), {"other"})[1] == []

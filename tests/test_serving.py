@@ -1,0 +1,310 @@
+"""The OpenAI-compatible server on 127.0.0.1, driven by the official `openai` client and raw HTTP; the web page in
+headless Chromium."""
+
+import concurrent.futures
+import json
+import shutil
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import write_jsonl
+
+import openai_api
+import supervised_finetuning
+from medgpt.engine import ChatEngine
+
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+CITIES = ["Beijing", "Shanghai", "Paris", "London", "Tokyo", "Berlin", "Madrid", "Rome"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tool_model(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model taught (full SFT, qwen template) to answer weather questions with a get_weather call."""
+    root = tmp_path_factory.mktemp("tools")
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is the weather in {city}?"},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [
+                        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "x"}}}
+                    ],
+                },
+            ],
+            "tools": [WEATHER_TOOL],
+        }
+        for city in CITIES
+    ]
+    write_jsonl(root / "data" / "train.jsonl", rows)
+    supervised_finetuning.main(
+        ["--model_name_or_path", str(tiny_model_dir), "--train_file_dir", str(root / "data"), "--template_name"]
+        + ["qwen", "--output_dir", str(root / "model"), "--use_peft", "False", "--max_steps", "150"]
+        + ["--learning_rate", "1e-2", "--per_device_train_batch_size", "8", "--report_to", "none"]
+        + ["--save_strategy", "no", "--validation_split_percentage", "0", "--disable_tqdm", "True"]
+    )
+    return root / "model"
+
+
+@contextmanager
+def running(app):
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def engine(tool_model) -> ChatEngine:
+    return ChatEngine.load(str(tool_model))
+
+
+def server_args(tool_model: Path, **overrides) -> openai_api.ServerArguments:
+    return openai_api.ServerArguments(base_model=str(tool_model), max_new_tokens=24, **overrides)
+
+
+@pytest.fixture(scope="module")
+def url(engine, tool_model):
+    with running(openai_api.build_app(server_args(tool_model, max_queue=16), engine)) as base:
+        yield base
+
+
+def client(url: str, key: str = "none") -> "openai.OpenAI":
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+
+
+def test_chat_completion_models_and_usage(url):
+    api = client(url)
+    assert [m.id for m in api.models.list().data] == ["model"]
+    response = api.chat.completions.create(
+        model="model", messages=[{"role": "user", "content": "Hello, I have a cough."}], max_tokens=8, temperature=0
+    )
+    choice = response.choices[0]
+    assert isinstance(choice.message.content, str) and choice.finish_reason in ("stop", "length")
+    assert response.usage.prompt_tokens > 5 and 0 < response.usage.completion_tokens <= 8
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+    text = api.completions.create(model="model", prompt="Fever is", max_tokens=4, temperature=0)
+    assert text.object == "text_completion" and text.usage.completion_tokens <= 4
+
+
+def test_stream_joins_to_the_non_streamed_answer_with_the_same_seed(url):
+    api = client(url)
+    request = {
+        "model": "model",
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "I feel dizzy."}],
+        "max_tokens": 20,
+        "temperature": 1.0,
+        "seed": 11,
+    }
+    whole = api.chat.completions.create(**request).choices[0].message.content
+    chunks = list(api.chat.completions.create(**request, stream=True, stream_options={"include_usage": True}))
+    pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert "".join(pieces) == whole
+    assert chunks[-1].usage.completion_tokens > 0 and chunks[-2].choices[0].finish_reason in ("stop", "length")
+
+
+def test_tool_calls_come_back_as_openai_tool_calls(url):
+    api = client(url)
+    request = {
+        "model": "model",
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [WEATHER_TOOL],
+        "temperature": 0,
+        "max_tokens": 40,
+    }
+    choice = api.chat.completions.create(**request).choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather" and call.id.startswith("call_")
+    assert json.loads(call.function.arguments) == {"city": "x"}
+    streamed = [c for c in api.chat.completions.create(**request, stream=True) if c.choices]
+    calls = [tc for c in streamed for tc in (c.choices[0].delta.tool_calls or [])]
+    assert calls[0].function.name == "get_weather" and streamed[-1].choices[0].finish_reason == "tool_calls"
+    # The result goes back as a tool message, and the model answers after it.
+    followup = api.chat.completions.create(
+        model="model",
+        messages=[
+            *request["messages"],
+            {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+            {"role": "tool", "tool_call_id": call.id, "content": '{"temp": 21}'},
+        ],
+        tools=[WEATHER_TOOL],
+        max_tokens=8,
+    )
+    assert followup.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+def test_api_key_is_required_when_set(engine, tool_model):
+    with running(openai_api.build_app(server_args(tool_model, api_key="s3cret"), engine)) as base:
+        messages = [{"role": "user", "content": "hi"}]
+        with pytest.raises(openai.AuthenticationError):
+            client(base, "wrong").chat.completions.create(model="model", messages=messages, max_tokens=2)
+        response = httpx.post(f"{base}/v1/chat/completions", json={"messages": messages})
+        assert response.status_code == 401 and "Authorization: Bearer" in response.json()["error"]["message"]
+        assert client(base, "s3cret").chat.completions.create(model="model", messages=messages, max_tokens=2)
+        assert httpx.get(f"{base}/health").status_code == 200  # health needs no key
+
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "text"),
+    [
+        ("chat", b"{not json", 400, "not valid JSON"),
+        ("chat", [1, 2], 400, "must be a JSON object"),
+        ("chat", {}, 400, "'messages' must be a non-empty list"),
+        ("chat", {"messages": []}, 400, "'messages' must be a non-empty list"),
+        ("chat", {"messages": [{"role": "doctor", "content": "x"}]}, 400, "role must be one of"),
+        ("chat", {"messages": [{"role": "user"}]}, 400, "messages[0].content is missing"),
+        (
+            "chat",
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            400,
+            "only text content",
+        ),
+        ("chat", {"messages": USER, "temperature": 5}, 400, "'temperature' must be a number from 0 to 2"),
+        ("chat", {"messages": USER, "top_p": -1}, 400, "'top_p'"),
+        ("chat", {"messages": USER, "max_tokens": 0}, 400, "'max_tokens' must be an integer"),
+        ("chat", {"messages": USER, "max_completion_tokens": "many"}, 400, "'max_completion_tokens'"),
+        ("chat", {"messages": USER, "n": 2}, 400, "'n'"),
+        ("chat", {"messages": USER, "stop": ["a", "b", "c", "d", "e"]}, 400, "'stop'"),
+        ("chat", {"messages": USER, "seed": "x"}, 400, "'seed' must be an integer"),
+        ("chat", {"messages": USER, "tools": "get_weather"}, 400, "'tools' must be a list"),
+        ("chat", {"messages": [{"role": "user", "content": "fever " * 1500}]}, 400, "context holds 1024"),
+        ("chat", {"messages": [*USER, {"role": "assistant", "content": "x"}]}, 400, "last message must be"),
+        ("chat", {"messages": USER, "model": "gpt-4"}, 404, "'gpt-4' is not served here"),
+        ("text", {"prompt": ""}, 400, "'prompt' must be a non-empty string"),
+        ("text", {"prompt": "x", "echo": True}, 400, "not supported"),
+        ("nowhere", {}, 404, "Not Found"),
+    ],
+)
+def test_malformed_requests_get_a_4xx_with_a_message(url, path, body, status, text):
+    endpoint = {"chat": "/v1/chat/completions", "text": "/v1/completions"}.get(path, "/v1/nowhere")
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = httpx.post(url + endpoint, content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    assert text in response.json()["error"]["message"]
+    assert httpx.get(f"{url}/health").json()["in_flight"] == 0
+
+
+def test_bounded_load_then_still_healthy(url):
+    """50 requests from 8 concurrent clients: no 5xx, every one answered, the server healthy after."""
+
+    def ask(i: int) -> int:
+        body = {"messages": [{"role": "user", "content": f"Question {i}: fever?"}], "max_tokens": 6}
+        if i % 5 == 0:
+            body["stream"] = True
+        return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(ask, range(50)))
+    assert statuses.count(200) == 50, statuses
+    assert httpx.get(f"{url}/health").json() == {"status": "ok", "model": "model", "in_flight": 0}
+
+
+def test_requests_beyond_the_queue_get_429(engine, tool_model):
+    with running(openai_api.build_app(server_args(tool_model, max_queue=0), engine)) as base:
+        long = {"messages": USER, "max_tokens": 300, "temperature": 1.0, "stop": []}
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            statuses = list(
+                pool.map(lambda _: httpx.post(f"{base}/v1/chat/completions", json=long, timeout=120), range(4))
+            )
+        codes = sorted(r.status_code for r in statuses)
+        assert 200 in codes and 429 in codes, codes
+        busy = next(r for r in statuses if r.status_code == 429)
+        assert "busy" in busy.json()["error"]["message"] and busy.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_a_dropped_streaming_client_frees_its_slot(engine, tool_model):
+    with running(openai_api.build_app(server_args(tool_model, max_queue=0), engine)) as base:
+        body = {"messages": USER, "max_tokens": 900, "temperature": 1.0, "stop": [], "stream": True}
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as response:
+            first = next(response.iter_lines())
+            assert first.startswith("data: ")
+        # The client is gone: its generation stops and the only slot is free again well before 900 tokens.
+        deadline = time.time() + 20
+        while httpx.get(f"{base}/health").json()["in_flight"] and time.time() < deadline:
+            time.sleep(0.05)
+        assert httpx.get(f"{base}/health").json()["in_flight"] == 0
+        quick = httpx.post(f"{base}/v1/chat/completions", json={"messages": USER, "max_tokens": 2}, timeout=60)
+        assert quick.status_code == 200
+
+
+def test_server_flags_are_checked():
+    from medgpt.errors import UserError
+
+    with pytest.raises(UserError, match="--max_concurrency 0"):
+        openai_api.ServerArguments(base_model="m", max_concurrency=0)
+
+
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(
+    CHROMEDRIVER is None, reason="no chromedriver: make test installs chromium and chromium-driver as root"
+)
+def test_gradio_page_streams_an_answer_in_headless_chromium(engine, tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    import gradio_demo
+
+    demo = gradio_demo.build_demo(engine, "Medical chat: test", "Be brief.", max_new_tokens=24)
+    port = free_port()
+    demo.queue().launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True
+    )
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,900"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
+    try:
+        browser.get(f"http://127.0.0.1:{port}")
+        box = WebDriverWait(browser, 60).until(lambda b: b.find_element(By.CSS_SELECTOR, "#message textarea"))
+        box.send_keys("What is the weather in Rome?", Keys.ENTER)
+
+        def answer_shown(b) -> bool:
+            text = b.find_element(By.ID, "chatbot").text
+            return "weather in Rome?" in text and len(text.split("weather in Rome?", 1)[1].strip()) > 0
+
+        WebDriverWait(browser, 60).until(answer_shown)
+        browser.save_screenshot(str(tmp_path / "chat.png"))
+        assert (tmp_path / "chat.png").stat().st_size > 1000
+        browser.find_element(By.ID, "clear").click()
+        WebDriverWait(browser, 30).until(lambda b: "weather in Rome" not in b.find_element(By.ID, "chatbot").text)
+    finally:
+        browser.quit()
+        demo.close()
