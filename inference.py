@@ -16,7 +16,7 @@ from pathlib import Path
 from transformers import set_seed
 
 from medgpt import args, data
-from medgpt.engine import ChatEngine
+from medgpt.engine import ChatEngine, PromptTooLong
 from medgpt.errors import UserError, run_cli
 from medgpt.prompts import with_system
 
@@ -87,7 +87,11 @@ def interactive(engine: ChatEngine, inf_args: InferenceArguments, sampling: dict
             continue
         print("Assistant: ", end="", flush=True)
         messages = with_system([*history, {"role": "user", "content": query}], inf_args.system_prompt)
-        stream = engine.stream(messages, **sampling)
+        try:
+            stream = engine.stream(messages, **sampling)
+        except PromptTooLong as err:
+            print(f"\n({err}: type 'clear' to start over, or ask with --max_new_tokens lower)")
+            continue
         for piece in stream:
             print(piece, end="", flush=True)
         print()
@@ -97,14 +101,21 @@ def interactive(engine: ChatEngine, inf_args: InferenceArguments, sampling: dict
 
 
 def batch(engine: ChatEngine, inf_args: InferenceArguments, sampling: dict) -> Path:
-    conversations = data.read_prompt_file(inf_args.data_file, "data_file")
+    conversations = [
+        with_system(c, inf_args.system_prompt) for c in data.read_prompt_file(inf_args.data_file, "data_file")
+    ]
+    for number, conversation in enumerate(conversations, 1):
+        try:
+            engine.check_fits(engine.count_tokens(engine.render(conversation)), inf_args.max_new_tokens)
+        except PromptTooLong as err:
+            raise UserError(f"--data_file {inf_args.data_file}, prompt {number}: {err}.") from None
     out = Path(inf_args.output_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")  # renamed at the end: no half-written output file
     with partial.open("w", encoding="utf-8") as f:
         for start in range(0, len(conversations), inf_args.eval_batch_size):
             chunk = conversations[start : start + inf_args.eval_batch_size]
-            replies = engine.batch([with_system(c, inf_args.system_prompt) for c in chunk], **sampling)
+            replies = engine.batch(chunk, **sampling)
             for conversation, reply in zip(chunk, replies, strict=True):
                 row = {"Input": conversation[-1]["content"], "Output": reply.text}
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medgpt.engine import ChatEngine, PromptTooLong, Reply
@@ -133,6 +134,20 @@ def chat_messages(body: dict) -> tuple[list[dict], list[dict] | None]:
 # ---------------------------------------------------------------- responses
 
 
+class Admission:
+    """One admitted request: counted in flight until released (once), and the event that stops its generation."""
+
+    def __init__(self, load: dict) -> None:
+        self.load, self.cancel, self.released = load, threading.Event(), False
+        load["in_flight"] += 1
+
+    def release(self) -> None:
+        self.cancel.set()
+        if not self.released:
+            self.released = True
+            self.load["in_flight"] -= 1
+
+
 @dataclass
 class Served:
     engine: ChatEngine
@@ -197,10 +212,10 @@ def create_app(
             raise APIError(404, f"model {body['model']!r} is not served here; use {served.model_id!r}", "model")
         return body
 
-    def admit() -> None:
+    def admit() -> "Admission":
         if load["in_flight"] >= max_concurrency + max_queue:
             raise APIError(429, f"the server is busy ({load['in_flight']} requests in progress); retry later")
-        load["in_flight"] += 1
+        return Admission(load)
 
     async def respond(body: dict, prompt: str, tools: list | None, kind: str):
         sampling = sampling_options(body, served.engine, served.default_max_tokens)
@@ -210,19 +225,21 @@ def create_app(
             raise APIError(
                 400, str(err), "messages" if kind == "chat" else "prompt", "context_length_exceeded"
             ) from None
-        admit()
+        admission = admit()
         ident = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         if not body.get("stream"):
             try:
                 async with slots:
                     reply = await asyncio.to_thread(served.engine.complete, prompt, tools, **sampling)
             finally:
-                load["in_flight"] -= 1
+                admission.release()
             return JSONResponse(_whole(kind, ident, served.model_id, reply))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return StreamingResponse(
-            _stream(kind, ident, served, prompt, tools, sampling, include_usage, slots, load),
+            _stream(kind, ident, served, prompt, tools, sampling, include_usage, slots, admission),
             media_type="text/event-stream",
+            # Also released here: a client gone before the first chunk never starts the generator above.
+            background=BackgroundTask(admission.release),
         )
 
     @app.get("/health")
@@ -278,7 +295,7 @@ async def _stream(
     sampling: dict,
     include_usage: bool,
     slots: asyncio.Semaphore,
-    load: dict,
+    admission: "Admission",
 ) -> AsyncIterator[str]:
     """Server-sent events: one chunk per text piece, a last chunk with finish_reason, optionally usage, [DONE]."""
     created = int(time.time())
@@ -292,10 +309,9 @@ async def _stream(
             choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}
         return _sse({**head, "choices": [choice]})
 
-    cancel = threading.Event()
     try:
         async with slots:
-            stream = served.engine.complete_stream(prompt, tools, cancel=cancel, **sampling)
+            stream = served.engine.complete_stream(prompt, tools, cancel=admission.cancel, **sampling)
             pieces = iter(stream)
             if kind == "chat":
                 yield chunk({"role": "assistant", "content": ""})
@@ -310,5 +326,4 @@ async def _stream(
                 yield _sse({**head, "choices": [], "usage": _usage(reply)})
             yield _sse("[DONE]")
     finally:
-        cancel.set()  # a client that went away stops the generation after its current token
-        load["in_flight"] -= 1
+        admission.release()  # a client that went away stops the generation after its current token

@@ -78,3 +78,16 @@ def test_tool_calls_written_in_training_format_parse_back(tool_format):
         ]
     assert parse_tool_calls(tool_format, "Rest and drink water.", {"get_weather"}) == ("Rest and drink water.", [])
     assert parse_tool_calls(tool_format, answer_text(tool_format, "", calls[:1]), {"other"})[1] == []
+
+
+def test_inference_refuses_a_prompt_longer_than_the_context(tiny_model_dir, tmp_path):
+    import inference
+    from medgpt.errors import UserError
+
+    (tmp_path / "q.txt").write_text("short question\n" + "fever " * 2000 + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"q\.txt, prompt 2: the prompt has \d+ tokens"):
+        inference.main(
+            ["--base_model", str(tiny_model_dir), "--template_name", "qwen", "--data_file", str(tmp_path / "q.txt")]
+            + ["--output_file", str(tmp_path / "out.jsonl")]
+        )
+    assert not (tmp_path / "out.jsonl").exists()
