@@ -7,30 +7,21 @@ clear button. Same model flags as openai_api.py; listens on 127.0.0.1 unless --h
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a hospital network may not reach the internet
 
 from medgpt import args  # noqa: E402
-from medgpt.engine import ChatEngine  # noqa: E402
+from medgpt.engine import ChatEngine, EngineArguments  # noqa: E402
 from medgpt.errors import run_cli  # noqa: E402
 from medgpt.prompts import with_system  # noqa: E402
 
 
 @dataclass
 class DemoArguments:
-    base_model: str = field(metadata={"help": "Model folder or hub id (a merged model, or the base of --lora_model)."})
-    lora_model: str | None = field(default=None, metadata={"help": "LoRA adapter folder, used without merging."})
-    template_name: str | None = field(
-        default=None, metadata={"help": "Chat template; default: the one the model was trained with."}
-    )
     system_prompt: str = field(default="", metadata={"help": "Initial text of the system prompt box."})
     host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (0.0.0.0 = every interface)."})
     port: int = field(default=7860, metadata={"help": "TCP port."})
     max_new_tokens: int = field(default=512, metadata={"help": "Initial answer length limit."})
-    load_in_8bit: bool = field(default=False, metadata={"help": "Load the model in 8-bit (bitsandbytes)."})
-    load_in_4bit: bool = field(default=False, metadata={"help": "Load the model in 4-bit (bitsandbytes)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the checkpoint."})
 
 
 def build_demo(engine: ChatEngine, title: str, system_prompt: str = "", max_new_tokens: int = 512):
@@ -68,16 +59,9 @@ def build_demo(engine: ChatEngine, title: str, system_prompt: str = "", max_new_
 
 
 def main(argv: list[str] | None = None) -> None:
-    (demo_args,) = args.parse((DemoArguments,), argv)
-    engine = ChatEngine.load(
-        demo_args.base_model,
-        demo_args.lora_model,
-        template_name=demo_args.template_name,
-        load_in_8bit=demo_args.load_in_8bit,
-        load_in_4bit=demo_args.load_in_4bit,
-        trust_remote_code=demo_args.trust_remote_code,
-    )
-    title = f"Medical chat: {Path(demo_args.lora_model or demo_args.base_model).name}"
+    engine_args, demo_args = args.parse((EngineArguments, DemoArguments), argv)
+    engine = ChatEngine.from_args(engine_args)
+    title = f"Medical chat: {engine_args.name}"
     demo = build_demo(engine, title, demo_args.system_prompt, demo_args.max_new_tokens)
     demo.queue().launch(server_name=demo_args.host, server_port=demo_args.port, ssr_mode=False, show_error=True)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from transformers import set_seed
 
 from medgpt import args, data
-from medgpt.engine import ChatEngine, PromptTooLong
+from medgpt.engine import ChatEngine, EngineArguments, PromptTooLong
 from medgpt.errors import UserError, run_cli
 from medgpt.prompts import with_system
 
@@ -25,15 +25,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class InferenceArguments:
-    base_model: str = field(metadata={"help": "Model folder or hub id (a merged model, or the base of --lora_model)."})
-    lora_model: str | None = field(default=None, metadata={"help": "LoRA adapter folder, used without merging."})
-    tokenizer_path: str | None = field(default=None, metadata={"help": "Tokenizer (default: adapter's, else base's)."})
-    template_name: str | None = field(
-        default=None,
-        metadata={"help": "Chat template; default: the one the model was trained with, else its tokenizer's."},
-    )
     system_prompt: str = field(default="", metadata={"help": "System prompt for every conversation."})
-    stop_str: str = field(default="", metadata={"help": "Extra string that ends an answer."})
     max_new_tokens: int = field(default=512, metadata={"help": "Longest answer in tokens."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature; 0 = greedy decoding."})
     top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling probability mass."})
@@ -44,28 +36,6 @@ class InferenceArguments:
     data_file: str | None = field(default=None, metadata={"help": "Batch input: .txt (a prompt per line) or .jsonl."})
     output_file: str = field(default="./predictions_result.jsonl", metadata={"help": "Batch output (JSONL)."})
     eval_batch_size: int = field(default=4, metadata={"help": "Prompts generated together in batch mode."})
-    resize_emb: bool = field(
-        default=False,
-        metadata={"help": "Grow the base embeddings to a larger tokenizer (vocabulary grown in training)."},
-    )
-    load_in_8bit: bool = field(default=False, metadata={"help": "Load the model in 8-bit (bitsandbytes)."})
-    load_in_4bit: bool = field(default=False, metadata={"help": "Load the model in 4-bit (bitsandbytes)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the checkpoint."})
-
-
-def load(inf_args: InferenceArguments) -> ChatEngine:
-    """The chat engine: model (+ adapter), tokenizer and the template it was trained with, loaded once."""
-    return ChatEngine.load(
-        inf_args.base_model,
-        inf_args.lora_model,
-        extra_stop=inf_args.stop_str,
-        template_name=inf_args.template_name,
-        tokenizer_path=inf_args.tokenizer_path,
-        load_in_8bit=inf_args.load_in_8bit,
-        load_in_4bit=inf_args.load_in_4bit,
-        resize_emb=inf_args.resize_emb,
-        trust_remote_code=inf_args.trust_remote_code,
-    )
 
 
 def interactive(engine: ChatEngine, inf_args: InferenceArguments, sampling: dict) -> list[dict]:
@@ -126,12 +96,12 @@ def batch(engine: ChatEngine, inf_args: InferenceArguments, sampling: dict) -> P
 
 
 def main(argv: list[str] | None = None):
-    (inf_args,) = args.parse((InferenceArguments,), argv)
+    engine_args, inf_args = args.parse((EngineArguments, InferenceArguments), argv)
     if not inf_args.interactive and not inf_args.data_file:
         raise UserError("nothing to do: pass --interactive to chat, or --data_file FILE for batch answers.")
     if inf_args.seed is not None:
         set_seed(inf_args.seed)
-    engine = load(inf_args)
+    engine = ChatEngine.from_args(engine_args)
     sampling = {
         "max_new_tokens": inf_args.max_new_tokens,
         "temperature": inf_args.temperature,

@@ -11,20 +11,14 @@ Endpoints: GET /v1/models, POST /v1/chat/completions (tools, streaming as server
 """
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from medgpt import args
-from medgpt.engine import ChatEngine
+from medgpt.engine import ChatEngine, EngineArguments
 from medgpt.errors import UserError, run_cli
 
 
 @dataclass
 class ServerArguments:
-    base_model: str = field(metadata={"help": "Model folder or hub id (a merged model, or the base of --lora_model)."})
-    lora_model: str | None = field(default=None, metadata={"help": "LoRA adapter folder, served without merging."})
-    template_name: str | None = field(
-        default=None, metadata={"help": "Chat template; default: the one the model was trained with."}
-    )
     model_name: str | None = field(default=None, metadata={"help": "Model id clients send (default: folder name)."})
     host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (0.0.0.0 = every interface)."})
     port: int = field(default=8000, metadata={"help": "TCP port."})
@@ -32,10 +26,6 @@ class ServerArguments:
     max_concurrency: int = field(default=1, metadata={"help": "Generations running at once."})
     max_queue: int = field(default=16, metadata={"help": "Requests waiting for a slot; more get HTTP 429."})
     max_new_tokens: int = field(default=512, metadata={"help": "Answer length when a request sets no max_tokens."})
-    stop_str: str = field(default="", metadata={"help": "Extra string that ends every answer."})
-    load_in_8bit: bool = field(default=False, metadata={"help": "Load the model in 8-bit (bitsandbytes)."})
-    load_in_4bit: bool = field(default=False, metadata={"help": "Load the model in 4-bit (bitsandbytes)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the checkpoint."})
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1 or self.max_queue < 0 or self.max_new_tokens < 1 or not 0 < self.port < 65536:
@@ -46,22 +36,10 @@ class ServerArguments:
             )
 
 
-def load_engine(server_args: ServerArguments) -> ChatEngine:
-    return ChatEngine.load(
-        server_args.base_model,
-        server_args.lora_model,
-        extra_stop=server_args.stop_str,
-        template_name=server_args.template_name,
-        load_in_8bit=server_args.load_in_8bit,
-        load_in_4bit=server_args.load_in_4bit,
-        trust_remote_code=server_args.trust_remote_code,
-    )
-
-
-def build_app(server_args: ServerArguments, engine: ChatEngine):
+def build_app(server_args: ServerArguments, engine: ChatEngine, default_name: str):
     from medgpt.serving import create_app
 
-    model_id = server_args.model_name or Path(server_args.lora_model or server_args.base_model).name
+    model_id = server_args.model_name or default_name
     return create_app(
         engine,
         model_id,
@@ -75,8 +53,8 @@ def build_app(server_args: ServerArguments, engine: ChatEngine):
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
-    (server_args,) = args.parse((ServerArguments,), argv)
-    app = build_app(server_args, load_engine(server_args))
+    engine_args, server_args = args.parse((EngineArguments, ServerArguments), argv)
+    app = build_app(server_args, ChatEngine.from_args(engine_args), engine_args.name)
     uvicorn.run(app, host=server_args.host, port=server_args.port, log_level="info")
 
 

@@ -14,13 +14,40 @@ parsed back into OpenAI `tool_calls`, the inverse of how training renders them.
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, set_seed
 
 from medgpt.generation import cut_at_stop, generation_kwargs, stop_strings
 from template import TOOL_FORMATS, parse_tool_calls
+
+
+@dataclass
+class EngineArguments:
+    """The model flags of every front end (inference.py, openai_api.py, gradio_demo.py), declared once."""
+
+    base_model: str = field(metadata={"help": "Model folder or hub id (a merged model, or the base of --lora_model)."})
+    lora_model: str | None = field(default=None, metadata={"help": "LoRA adapter folder, used without merging."})
+    tokenizer_path: str | None = field(default=None, metadata={"help": "Tokenizer (default: adapter's, else base's)."})
+    template_name: str | None = field(
+        default=None,
+        metadata={"help": "Chat template; default: the one the model was trained with, else its tokenizer's."},
+    )
+    stop_str: str = field(default="", metadata={"help": "Extra string that ends every answer."})
+    resize_emb: bool = field(
+        default=False,
+        metadata={"help": "Grow the base embeddings to a larger tokenizer (vocabulary grown in training)."},
+    )
+    load_in_8bit: bool = field(default=False, metadata={"help": "Load the model in 8-bit (bitsandbytes)."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "Load the model in 4-bit (bitsandbytes)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the checkpoint."})
+
+    @property
+    def name(self) -> str:
+        """The model's display name: the adapter's folder, else the model's."""
+        return Path(self.lora_model or self.base_model).name
 
 
 @dataclass
@@ -85,6 +112,11 @@ class ChatEngine:
         self.tokenizer.padding_side = "left"  # batches continue on the right
         self.stops = stop_strings(template, extra_stop)
         self.context = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
+
+    @classmethod
+    def from_args(cls, engine_args: EngineArguments) -> "ChatEngine":
+        options = asdict(engine_args)
+        return cls.load(options.pop("base_model"), options.pop("lora_model"), options.pop("stop_str"), **options)
 
     @classmethod
     def load(cls, base_model: str, lora_model: str | None = None, extra_stop: str = "", **load_kwargs) -> "ChatEngine":

@@ -90,12 +90,12 @@ def engine(tool_model) -> ChatEngine:
 
 
 def server_args(tool_model: Path, **overrides) -> openai_api.ServerArguments:
-    return openai_api.ServerArguments(base_model=str(tool_model), max_new_tokens=24, **overrides)
+    return openai_api.ServerArguments(max_new_tokens=24, **overrides)
 
 
 @pytest.fixture(scope="module")
 def url(engine, tool_model):
-    with running(openai_api.build_app(server_args(tool_model, max_queue=16), engine)) as base:
+    with running(openai_api.build_app(server_args(tool_model, max_queue=16), engine, "model")) as base:
         yield base
 
 
@@ -165,7 +165,7 @@ def test_tool_calls_come_back_as_openai_tool_calls(url):
 
 
 def test_api_key_is_required_when_set(engine, tool_model):
-    with running(openai_api.build_app(server_args(tool_model, api_key="s3cret"), engine)) as base:
+    with running(openai_api.build_app(server_args(tool_model, api_key="s3cret"), engine, "model")) as base:
         messages = [{"role": "user", "content": "hi"}]
         with pytest.raises(openai.AuthenticationError):
             client(base, "wrong").chat.completions.create(model="model", messages=messages, max_tokens=2)
@@ -234,7 +234,7 @@ def test_bounded_load_then_still_healthy(url):
 
 
 def test_requests_beyond_the_queue_get_429(engine, tool_model):
-    with running(openai_api.build_app(server_args(tool_model, max_queue=0), engine)) as base:
+    with running(openai_api.build_app(server_args(tool_model, max_queue=0), engine, "model")) as base:
         long = {"messages": USER, "max_tokens": 300, "temperature": 1.0, "stop": []}
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             statuses = list(
@@ -247,7 +247,7 @@ def test_requests_beyond_the_queue_get_429(engine, tool_model):
 
 
 def test_a_dropped_streaming_client_frees_its_slot(engine, tool_model):
-    with running(openai_api.build_app(server_args(tool_model, max_queue=0), engine)) as base:
+    with running(openai_api.build_app(server_args(tool_model, max_queue=0), engine, "model")) as base:
         body = {"messages": USER, "max_tokens": 900, "temperature": 1.0, "stop": [], "stream": True}
         with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as response:
             first = next(response.iter_lines())
@@ -262,10 +262,19 @@ def test_a_dropped_streaming_client_frees_its_slot(engine, tool_model):
 
 
 def test_server_flags_are_checked():
+    from medgpt import args
+    from medgpt.engine import EngineArguments
     from medgpt.errors import UserError
 
+    engine_args, server = args.parse(
+        (EngineArguments, openai_api.ServerArguments), ["--base_model", "m", "--port", "9"]
+    )
+    assert (
+        engine_args.base_model == "m" and engine_args.name == "m" and server.port == 9 and server.host == "127.0.0.1"
+    )
+
     with pytest.raises(UserError, match="--max_concurrency 0"):
-        openai_api.ServerArguments(base_model="m", max_concurrency=0)
+        openai_api.ServerArguments(max_concurrency=0)
 
 
 CHROMEDRIVER = shutil.which("chromedriver")
