@@ -5,6 +5,7 @@ clear button. Same model flags as openai_api.py; listens on 127.0.0.1 unless --h
     python gradio_demo.py --base_model merged-pt --lora_model outputs-sft --host 0.0.0.0 --port 7860
 """
 
+import html
 import os
 from dataclasses import dataclass, field
 
@@ -27,22 +28,27 @@ class DemoArguments:
 def build_demo(engine: ChatEngine, title: str, system_prompt: str = "", max_new_tokens: int = 512):
     import gradio as gr
 
-    def respond(message: str, history: list[dict], system: str, temperature: float, top_p: float, length: int):
+    def respond(message: str, history: list, turns: list, system: str, temperature: float, top_p: float, length: int):
+        """Stream an answer into the chat. `turns` keeps the raw conversation; the chat shows it with < and >
+        escaped, so that text such as <think> or <tool_call> is displayed instead of being taken for HTML."""
         if not message.strip():
-            yield "", history
+            yield "", history, turns
             return
-        turns = [{"role": m["role"], "content": m["content"]} for m in history if isinstance(m.get("content"), str)]
         conversation = with_system([*turns, {"role": "user", "content": message}], system)
-        history = [*history, {"role": "user", "content": message}, {"role": "assistant", "content": ""}]
-        sampling = {"temperature": temperature, "top_p": top_p, "max_new_tokens": int(length)}
-        for piece in engine.stream(conversation, **sampling):
-            history[-1]["content"] += piece
-            yield "", history
+        history = [*history, {"role": "user", "content": html.escape(message, quote=False)}]
+        history.append({"role": "assistant", "content": ""})
+        answer = ""
+        for piece in engine.stream(conversation, temperature=temperature, top_p=top_p, max_new_tokens=int(length)):
+            answer += piece
+            history[-1]["content"] = html.escape(answer, quote=False)
+            yield "", history, turns
+        yield "", history, [*turns, {"role": "user", "content": message}, {"role": "assistant", "content": answer}]
 
     with gr.Blocks(title=title) as demo:
         gr.Markdown(f"## {title}")
         system = gr.Textbox(label="System prompt", value=system_prompt, lines=2)
         chatbot = gr.Chatbot(label="Conversation", height=420, elem_id="chatbot")
+        turns = gr.State([])
         message = gr.Textbox(label="Message", placeholder="Ask a medical question and press Enter", elem_id="message")
         with gr.Row():
             send = gr.Button("Send", variant="primary", elem_id="send")
@@ -51,10 +57,10 @@ def build_demo(engine: ChatEngine, title: str, system_prompt: str = "", max_new_
             temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature (0 = greedy)")
             top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p")
             length = gr.Slider(16, max(2048, max_new_tokens), value=max_new_tokens, step=16, label="Max new tokens")
-        inputs = [message, chatbot, system, temperature, top_p, length]
-        message.submit(respond, inputs, [message, chatbot])
-        send.click(respond, inputs, [message, chatbot])
-        clear.click(lambda: ([], ""), None, [chatbot, message])
+        inputs = [message, chatbot, turns, system, temperature, top_p, length]
+        message.submit(respond, inputs, [message, chatbot, turns])
+        send.click(respond, inputs, [message, chatbot, turns])
+        clear.click(lambda: ([], [], ""), None, [chatbot, turns, message])
     return demo
 
 
