@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from transformers import Trainer, TrainingArguments
 
-from medgpt import args, data, model, saving, tokenization
+from medgpt import args, data, loss, model, saving, tokenization
 from medgpt.errors import UserError, run_cli
 
 logger = logging.getLogger(__name__)
@@ -32,12 +32,19 @@ class PretrainArguments:
     )
 
 
-ARG_TYPES = (args.ModelArguments, args.LoraArguments, args.DataArguments, PretrainArguments, TrainingArguments)
+ARG_TYPES = (
+    args.ModelArguments,
+    args.LoraArguments,
+    args.DataArguments,
+    PretrainArguments,
+    args.LossArguments,
+    TrainingArguments,
+)
 DEFAULTS = {"do_train": True, "report_to": ["tensorboard"], "logging_steps": 10, "remove_unused_columns": False}
 
 
 def main(argv: list[str] | None = None) -> Trainer:
-    model_args, lora_args, data_args, pt_args, training_args = args.parse(ARG_TYPES, argv, DEFAULTS)
+    model_args, lora_args, data_args, pt_args, loss_args, training_args = args.parse(ARG_TYPES, argv, DEFAULTS)
     args.check_args(model_args, lora_args, data_args, training_args)
     tokenizer = model.load_tokenizer(model_args)
     block_size = pt_args.block_size or min(1024, tokenizer.model_max_length)
@@ -67,8 +74,11 @@ def main(argv: list[str] | None = None) -> Trainer:
             cap_rows=False,  # MedicalGPT semantics: the cap counts blocks, not documents
         )
 
+    lm = model.load_model(model_args, lora_args, tokenizer, training_args, block_size)
+    if not training_args.use_liger_kernel:
+        loss.use_chunked_loss(lm, loss_args.loss_chunk_size)
     trainer = Trainer(
-        model=model.load_model(model_args, lora_args, tokenizer, training_args, block_size),
+        model=lm,
         args=training_args,
         train_dataset=splits.get("train"),
         eval_dataset=splits.get("validation"),

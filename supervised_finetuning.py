@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from transformers import Trainer, TrainingArguments
 
-from medgpt import args, data, model, saving, tokenization
+from medgpt import args, data, loss, model, saving, tokenization
 from medgpt.errors import UserError, run_cli
 
 
@@ -33,13 +33,16 @@ ARG_TYPES = (
     args.DataArguments,
     args.ChatArguments,
     SFTArguments,
+    args.LossArguments,
     TrainingArguments,
 )
 DEFAULTS = {"do_train": True, "report_to": ["tensorboard"], "logging_steps": 10, "remove_unused_columns": False}
 
 
 def main(argv: list[str] | None = None) -> Trainer:
-    model_args, lora_args, data_args, chat_args, sft_args, training_args = args.parse(ARG_TYPES, argv, DEFAULTS)
+    model_args, lora_args, data_args, chat_args, sft_args, loss_args, training_args = args.parse(
+        ARG_TYPES, argv, DEFAULTS
+    )
     args.check_args(model_args, lora_args, data_args, training_args)
     if sft_args.model_max_length < 16:
         raise UserError(f"--model_max_length {sft_args.model_max_length} is too short; use at least 16 tokens.")
@@ -73,8 +76,11 @@ def main(argv: list[str] | None = None) -> Trainer:
             "Raise --model_max_length.",
         )
 
+    lm = model.load_model(model_args, lora_args, tokenizer, training_args, sft_args.model_max_length)
+    if not training_args.use_liger_kernel:
+        loss.use_chunked_loss(lm, loss_args.loss_chunk_size)
     trainer = Trainer(
-        model=model.load_model(model_args, lora_args, tokenizer, training_args, sft_args.model_max_length),
+        model=lm,
         args=training_args,
         train_dataset=splits.get("train"),
         eval_dataset=splits.get("validation"),

@@ -124,6 +124,21 @@ class ChatArguments:
 
 
 @dataclass
+class LossArguments:
+    loss_chunk_size: int = field(
+        default=1024,
+        metadata={
+            "help": "Token loss on labelled positions only, this many at a time, so full logits never exist "
+            "(0 = the model's own loss; --use_liger_kernel on CUDA uses Liger's fused kernel instead)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.loss_chunk_size < 0:
+            raise UserError(f"--loss_chunk_size {self.loss_chunk_size} must be >= 0 (0 = the model's own loss).")
+
+
+@dataclass
 class PreferenceArguments:
     max_source_length: int = field(
         default=2048, metadata={"help": "Most prompt tokens kept (the oldest are cut first) in a preference pair."}
