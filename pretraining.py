@@ -10,10 +10,11 @@
 import logging
 from dataclasses import dataclass, field
 
-from transformers import Trainer, TrainingArguments
+from transformers import TrainingArguments
 
 from medgpt import args, data, loss, model, saving, tokenization
 from medgpt.errors import UserError, run_cli
+from medgpt.lm_trainer import LMTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ ARG_TYPES = (
 DEFAULTS = {"do_train": True, "report_to": ["tensorboard"], "logging_steps": 10, "remove_unused_columns": False}
 
 
-def main(argv: list[str] | None = None) -> Trainer:
+def main(argv: list[str] | None = None) -> LMTrainer:
     model_args, lora_args, data_args, pt_args, loss_args, training_args = args.parse(ARG_TYPES, argv, DEFAULTS)
     args.check_args(model_args, lora_args, data_args, training_args)
     tokenizer = model.load_tokenizer(model_args)
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> Trainer:
     lm = model.load_model(model_args, lora_args, tokenizer, training_args, block_size)
     if not training_args.use_liger_kernel:
         loss.use_chunked_loss(lm, loss_args.loss_chunk_size)
-    trainer = Trainer(
+    trainer = LMTrainer(
         model=lm,
         args=training_args,
         train_dataset=splits.get("train"),

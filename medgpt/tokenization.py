@@ -289,3 +289,16 @@ class Collator:
             batch["labels"] += [IGNORE_INDEX] + list(f["labels"][1:])
             batch["position_ids"] += positions
         return {key: torch.tensor([value], dtype=torch.long) for key, value in batch.items()}
+
+
+def count_tokens(batch: dict[str, torch.Tensor], pad_token_id: int) -> tuple[int, int]:
+    """(real tokens, supervised tokens) of a collated batch. Real = all but the padding the Collator appended:
+    masked-out positions, or, in packed rows, the trailing run of unlabelled pad tokens. Supervised = the labels
+    the loss uses (every label but the first of a row, as the loss shifts them)."""
+    labels = batch["labels"]
+    supervised = int((labels[..., 1:] != IGNORE_INDEX).sum())
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum()), supervised
+    padding = (batch["input_ids"] == pad_token_id) & (labels == IGNORE_INDEX)
+    trailing = padding.flip(-1).int().cumprod(-1).sum()  # per row, how many positions at the end are padding
+    return int(labels.numel() - trailing), supervised

@@ -128,3 +128,15 @@ def test_pretraining_trains_the_same_with_the_chunked_loss(tiny_model_dir, tmp_p
     own = run_losses(pretraining, [*common, "--output_dir", str(tmp_path / "a"), "--loss_chunk_size", "0"])
     chunked = run_losses(pretraining, [*common, "--output_dir", str(tmp_path / "b")])
     assert chunked == pytest.approx(own, rel=1e-4)
+
+
+def test_training_logs_token_throughput(tiny_model_dir, tmp_path):
+    rows = [{"conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A short answer."}]}] * 8
+    write_jsonl(tmp_path / "d" / "train.jsonl", rows)
+    trainer = supervised_finetuning.main(
+        ["--model_name_or_path", str(tiny_model_dir), "--train_file_dir", str(tmp_path / "d"), "--template_name"]
+        + ["qwen", "--max_steps", "2", "--logging_steps", "1", "--report_to", "none", "--save_strategy", "no"]
+        + ["--validation_split_percentage", "0", "--output_dir", str(tmp_path / "o"), "--packing", "True"]
+    )
+    entry = trainer.state.log_history[0]
+    assert entry["train_tokens_per_second"] > entry["train_supervised_tokens_per_second"] > 0

@@ -221,3 +221,20 @@ def test_tokenization_is_cached_on_disk_and_overwrite_cache_redoes_it(tokenizer,
     assert cached.stat().st_mtime_ns == written, "the second run reads the cache"
     tokenize_sft(rows, tokenizer, get_template("chatml"), 256, overwrite_cache=True)
     assert cached.stat().st_mtime_ns != written, "--overwrite_cache tokenizes again"
+
+
+def test_count_tokens_leaves_out_the_collators_padding():
+    from medgpt.tokenization import count_tokens
+
+    features = [
+        {"input_ids": [5, 6, 7, 8], "labels": [IGNORE_INDEX, IGNORE_INDEX, 7, 8]},
+        {"input_ids": [5, 9], "labels": [IGNORE_INDEX, 9]},
+    ]
+    padded = Collator(pad_token_id=0, pad_to_multiple_of=8)(features)
+    assert count_tokens(padded, 0) == (6, 3)
+    packed = [{**f, "position_ids": list(range(len(f["input_ids"])))} for f in features]
+    assert count_tokens(Collator(pad_token_id=0, pad_to_multiple_of=8)(packed), 0) == (6, 3)
+    assert count_tokens(Collator(pad_token_id=0, flatten=True)(features), 0) == (6, 3)
+    # eos used as padding: an answer's own final eos has a label and stays counted
+    eos_end = [{"input_ids": [5, 6, 2], "labels": [IGNORE_INDEX, 6, 2], "position_ids": [0, 1, 2]}]
+    assert count_tokens(Collator(pad_token_id=2, pad_to_multiple_of=8)(eos_end), 2) == (3, 2)
