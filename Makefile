@@ -8,7 +8,7 @@ PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: test demo install browser clean
+.PHONY: test demo install browser tcmalloc clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,10 +32,16 @@ browser:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
 			>/dev/null) || echo "could not install chromium: the web page test will skip"; fi
 
-test: install browser
+# tcmalloc: training scripts restart with it where installed (much less memory on the CPU; medgpt/allocator.py).
+tcmalloc:
+	@if [ "$$(id -u)" = 0 ] && ! ls /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 >/dev/null 2>&1; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 \
+			>/dev/null) || echo "could not install tcmalloc: training uses glibc's malloc"; fi
+
+test: install browser tcmalloc
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
-demo: install
+demo: install tcmalloc
 	bash demo.sh
 
 clean:

@@ -84,4 +84,4 @@ def main(argv: list[str] | None = None) -> DPOTrainer:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, training=True)

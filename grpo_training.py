@@ -127,4 +127,4 @@ def main(argv: list[str] | None = None) -> GRPOTrainer:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, training=True)

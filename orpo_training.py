@@ -69,4 +69,4 @@ def main(argv: list[str] | None = None) -> ORPOTrainer:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, training=True)

@@ -115,4 +115,4 @@ def main(argv: list[str] | None = None) -> PPOTrainer:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, training=True)

@@ -91,4 +91,4 @@ def main(argv: list[str] | None = None) -> LMTrainer:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, training=True)

@@ -53,4 +53,4 @@ def main(argv: list[str] | None = None) -> RewardTrainer:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, training=True)

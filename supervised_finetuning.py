@@ -24,7 +24,11 @@ class SFTArguments:
     )
     train_on_inputs: bool = field(default=False, metadata={"help": "Also train on prompts (system/user turns)."})
     packing: bool = field(
-        default=False, metadata={"help": "Pack several whole samples per row (no attention across them)."}
+        default=True,
+        metadata={
+            "help": "Pack several whole samples per row (no attention across them): same loss, about 1.7x faster on "
+            "MedicalGPT's SFT sample (benchmarks/sft_speed.py). False = one sample per row, padded."
+        },
     )
 
 
@@ -93,4 +97,4 @@ def main(argv: list[str] | None = None) -> LMTrainer:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, training=True)

@@ -22,13 +22,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SAMPLE = ROOT.parent / "shared" / "reference" / "medicalgpt-data" / "sft" / "medical_sft_1K_format.jsonl"
-# name: (flags of supervised_finetuning.py). All share LoRA r8 on every linear layer, fp32, batch and length.
+# name: (flags of supervised_finetuning.py, environment). All share LoRA r8 on every linear layer, fp32, the batch
+# and the length. Our scripts restart with tcmalloc where it is installed (medgpt/allocator.py); the "glibc malloc"
+# configuration keeps the system allocator, as MedicalGPT's script runs.
+PACKED = ["--packing", "True", "--gradient_checkpointing", "True"]
 CONFIGS = {
-    "padded": ["--packing", "False", "--gradient_checkpointing", "True", "--loss_chunk_size", "0"],
-    "padded+chunked": ["--packing", "False", "--gradient_checkpointing", "True"],
-    "packed": ["--packing", "True", "--gradient_checkpointing", "True", "--loss_chunk_size", "0"],
-    "packed+chunked": ["--packing", "True", "--gradient_checkpointing", "True"],
-    "packed+chunked, no checkpointing": ["--packing", "True", "--gradient_checkpointing", "False"],
+    "padded": (["--packing", "False", "--gradient_checkpointing", "True", "--loss_chunk_size", "0"], {}),
+    "padded+chunked": (["--packing", "False", "--gradient_checkpointing", "True"], {}),
+    "packed": ([*PACKED, "--loss_chunk_size", "0"], {}),
+    "packed+chunked (default)": (PACKED, {}),
+    "packed+chunked, glibc malloc": (PACKED, {"MEDGPT_ALLOCATOR": "system"}),
+    "packed+chunked, checkpoint every 2nd layer": (
+        [*PACKED, "--activation_checkpointing_kwargs", '{"every_n_layers": 2}'],
+        {},
+    ),
+    "packed+chunked, no checkpointing": (["--packing", "True", "--gradient_checkpointing", "False"], {}),
 }
 
 
@@ -75,6 +83,7 @@ def main() -> None:
     (work / "data").mkdir()
     (work / "data" / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("MEDGPT_ALLOCATOR", None)
     env["HF_DATASETS_CACHE"] = str(work / "cache")
     tokens = supervised_tokens(options.model, work / "data", options.length)
     common = ["--model_name_or_path", str(Path(options.model).resolve()), "--train_file_dir", str(work / "data")]
@@ -86,9 +95,10 @@ def main() -> None:
 
     results = []
     for name in options.configs:
-        out = work / name.replace(" ", "_")
-        command = [sys.executable, "supervised_finetuning.py", *common, *CONFIGS[name], "--output_dir", str(out)]
-        wall, peak, code = run(command, ROOT, env, work / f"{out.name}.log")
+        out = work / "".join(c if c.isalnum() else "_" for c in name)
+        flags, extra_env = CONFIGS[name]
+        command = [sys.executable, "supervised_finetuning.py", *common, *flags, "--output_dir", str(out)]
+        wall, peak, code = run(command, ROOT, {**env, **extra_env}, work / f"{out.name}.log")
         results.append(measure(name, out, wall, peak, code, tokens))
         print(row(results[-1]), flush=True)
     if options.medicalgpt:
@@ -141,20 +151,20 @@ def measure(name: str, out: Path, wall: float, peak: float, code: int, tokens: i
 def row(result: dict) -> str:
     status = "" if result["ok"] else "  FAILED"
     return (
-        f"{result['config']:<34} train {result['train_seconds']:7.1f} s  steps {result['steps']:3d}  "
+        f"{result['config']:<44} train {result['train_seconds']:7.1f} s  steps {result['steps']:3d}  "
         f"{result['seconds_per_step']:6.2f} s/step  {result['supervised_tokens_per_second']:7.1f} sup tok/s  "
         f"peak RSS {result['peak_rss_gb']:5.2f} GB{status}"
     )
 
 
 def table(results: list[dict], tokens: int) -> str:
-    lines = [f"{tokens} supervised tokens per epoch", f"{'configuration':<34} {'train s':>8} {'s/step':>7} "
+    lines = [f"{tokens} supervised tokens per epoch", f"{'configuration':<44} {'train s':>8} {'s/step':>7} "
              f"{'sup tok/s':>10} {'peak GB':>8} {'speed x':>8} {'memory x':>9}"]  # fmt: skip
     for r in results:
         speed = f"{r['speedup_vs_medicalgpt']:.2f}" if "speedup_vs_medicalgpt" in r else "-"
         memory = f"{r['memory_vs_medicalgpt']:.2f}" if "memory_vs_medicalgpt" in r else "-"
         lines.append(
-            f"{r['config']:<34} {r['train_seconds']:8.1f} {r['seconds_per_step']:7.2f} "
+            f"{r['config']:<44} {r['train_seconds']:8.1f} {r['seconds_per_step']:7.2f} "
             f"{r['supervised_tokens_per_second']:10.1f} {r['peak_rss_gb']:8.2f} {speed:>8} {memory:>9}"
         )
     return "\n".join(lines)

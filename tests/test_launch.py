@@ -120,3 +120,21 @@ def test_deepspeed_single_process_sft_on_cpu(config, tiny_model_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "adapter_model.safetensors").is_file()
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
+
+
+def test_training_scripts_restart_with_tcmalloc_where_installed(tmp_path):
+    from medgpt.allocator import tcmalloc_library
+
+    if tcmalloc_library() is None:
+        pytest.skip("tcmalloc is not installed (make test installs libtcmalloc-minimal4 as root)")
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import os, sys\nsys.path.insert(0, sys.argv[1])\nfrom medgpt.allocator import restart_with_tcmalloc\n"
+        "restart_with_tcmalloc()\nprint(os.environ.get('LD_PRELOAD', ''), sys.argv[2])\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key not in ("LD_PRELOAD", "MEDGPT_ALLOCATOR")}
+    result = subprocess.run([sys.executable, str(probe), str(ROOT), "kept"], env=env, capture_output=True, text=True)
+    assert "libtcmalloc_minimal" in result.stdout and result.stdout.strip().endswith("kept"), result.stderr
+    env["MEDGPT_ALLOCATOR"] = "system"
+    result = subprocess.run([sys.executable, str(probe), str(ROOT), "kept"], env=env, capture_output=True, text=True)
+    assert result.stdout.strip() == "kept"

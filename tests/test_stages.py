@@ -461,9 +461,15 @@ def test_medicalgpt_sft_command_line(tiny_model_dir, reference_data, tmp_path):
     )
     assert (out / "adapter_model.safetensors").is_file()
     state = json.loads((out / "trainer_state.json").read_text())
-    assert state["global_step"] == 4, "16 samples (--max_train_samples), batch 2, accumulation 2"
-    assert len(trainer.eval_dataset) == 4, "--max_eval_samples"
-    assert 12 <= len(trainer.train_dataset) <= 16, "--max_train_samples, less rows whose prompt alone is too long"
+
+    # Packing is the default: rows hold several samples; a sample starts where its position ids restart at 0.
+    def samples(dataset) -> int:
+        return sum(positions.count(0) for positions in dataset["position_ids"])
+
+    assert samples(trainer.eval_dataset) == 4, "--max_eval_samples"
+    assert 12 <= samples(trainer.train_dataset) <= 16, "--max_train_samples, less samples whose prompt is too long"
+    rows_per_step = 2 * 2  # batch 2, accumulation 2
+    assert state["global_step"] == -(-len(trainer.train_dataset) // rows_per_step)
     merged = tmp_path / "merged-sft"
     merge_peft_adapter.main(
         ["--base_model", str(tiny_model_dir), "--lora_model", str(out), "--output_dir", str(merged)]
