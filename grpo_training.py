@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> GRPOTrainer:
             lambda rows, name: prompts.conversational_prompts(rows, grpo_args.system_prompt),
             "every prompt row was empty.",
         )
-    if any(splits["train"]["tools"]):
+    if any(any(split["tools"]) for split in splits.values()):
         logger.warning(
             "tool definitions in the prompt rows are passed to the reward functions, not shown to the model"
         )
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> GRPOTrainer:
         model=model.load_model(model_args, lora_args, tokenizer, training_args),
         reward_funcs=reward_funcs,
         args=training_args,
-        train_dataset=splits["train"],
+        train_dataset=splits.get("train", splits.get("validation")),  # TRL needs one even to evaluate
         eval_dataset=splits.get("validation"),
         processing_class=tokenizer,
     )
