@@ -8,6 +8,8 @@ from pathlib import Path
 
 from transformers import Trainer
 
+from medgpt.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 TEMPLATE_FILE = "template_config.json"
@@ -93,13 +95,39 @@ def save_outputs(
     logger.info("saved to %s", output_dir)
 
 
+def resume_checkpoint(value: str | bool | None, output_dir: str | Path) -> str | None:
+    """The checkpoint --resume_from_checkpoint names. True: the newest complete checkpoint-N folder in output_dir
+    (the Trainer writes trainer_state.json last, so a folder without it was cut short by a kill and is skipped with
+    a warning). A path must be a complete checkpoint. None/False: start from the beginning."""
+    if value in (None, "", False, "False", "false"):
+        return None
+    if value in (True, "True", "true"):
+        folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
+        for folder in sorted(folders, key=lambda p: int(p.name[11:]), reverse=True):
+            if Path(folder, "trainer_state.json").is_file():
+                logger.info("resuming from %s", folder)
+                return str(folder)
+            logger.warning("skipping %s: incomplete (no trainer_state.json; the run stopped while writing it)", folder)
+        raise UserError(
+            f"--resume_from_checkpoint True: {output_dir} holds no complete checkpoint-N folder to resume from; drop "
+            "the flag to start from the beginning, or pass the path of a checkpoint folder."
+        )
+    if not Path(value, "trainer_state.json").is_file():
+        raise UserError(
+            f"--resume_from_checkpoint {value}: not a complete checkpoint (no trainer_state.json there); pass a "
+            "checkpoint-N folder written by a training run, or True for the newest one in --output_dir."
+        )
+    return str(value)
+
+
 def train_and_evaluate(
     trainer: Trainer, template=None, tool_format: str | None = None, perplexity: bool = False
 ) -> None:
     """How every stage ends: train (resuming when --resume_from_checkpoint says so) and save everything, then
     evaluate when there is an eval split and --do_eval asks for it."""
     if trainer.args.do_train:
-        result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+        checkpoint = resume_checkpoint(trainer.args.resume_from_checkpoint, trainer.args.output_dir)
+        result = trainer.train(resume_from_checkpoint=checkpoint)
         save_outputs(trainer, template, tool_format, result.metrics)
     if trainer.eval_dataset is not None and trainer.args.do_eval:
         evaluate(trainer, perplexity)
