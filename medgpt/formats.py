@@ -371,7 +371,6 @@ def check_prompt_order(prompt: list[dict]) -> None:
 PROMPT_KEYS = ("prompt", "instruction", "question", "query", "input", "text")
 ANSWER_KEYS = ("answer", "solution", "output", "response")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-PROMPT_COLUMNS = ("prompt", "tools", "answer", "options", "extra")
 
 
 def _options(value: Any) -> dict[str, str]:
