@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from medgpt import saving
 from medgpt.errors import UserError
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -68,6 +69,19 @@ class RemoteCodeArguments:
 
 
 @dataclass
+class OutputArguments:
+    """Added by parse() to every training script (transformers 5 dropped the flag MedicalGPT's scripts pass)."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over in an --output_dir that holds an earlier run: its checkpoints and saved model are "
+            "replaced. Without it such a rerun stops and says how to resume."
+        },
+    )
+
+
+@dataclass
 class LoraArguments:
     use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (False = full fine-tuning)."})
     target_modules: str = field(
@@ -81,6 +95,17 @@ class LoraArguments:
     )
     peft_path: str | None = field(default=None, metadata={"help": "Continue training this saved LoRA adapter."})
     qlora: bool = field(default=False, metadata={"help": "QLoRA: 4-bit NF4 double-quantized base + LoRA."})
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.lora_rank < 1:
+            problems.append(f"--lora_rank {self.lora_rank} must be a positive integer (8-64 are common).")
+        if self.lora_alpha <= 0:
+            problems.append(f"--lora_alpha {self.lora_alpha:g} must be > 0 (often 2 x --lora_rank).")
+        if not 0 <= self.lora_dropout < 1:
+            problems.append(f"--lora_dropout {self.lora_dropout:g} must be in [0, 1), e.g. 0.05.")
+        if problems:
+            raise UserError("invalid arguments:\n  - " + "\n  - ".join(problems))
 
 
 @dataclass
@@ -226,10 +251,13 @@ def parse(types: tuple[type, ...], argv: list[str] | None = None, defaults: dict
     A single `.json`/`.yaml` argument is read as a config file, as MedicalGPT's SFT script allowed.
     """
     own_flag = not any(f.name == "trust_remote_code" and f.init for t in types for f in fields(t))
-    parser = HfArgumentParser((*types, RemoteCodeArguments) if own_flag else types, allow_abbrev=False)
+    training = any(issubclass(t, TrainingArguments) for t in types)
+    extra = (RemoteCodeArguments,) * own_flag + (OutputArguments,) * training
+    parser = HfArgumentParser((*types, *extra), allow_abbrev=False)
+    parser.error = _usage_error  # one paragraph naming the flag, not argparse's whole usage text
     argv = list(sys.argv[1:] if argv is None else argv)
     defaults = dict(defaults or {})
-    if any(issubclass(t, TrainingArguments) for t in types) and not _accelerator_available():
+    if training and not _accelerator_available():
         # On a machine without a GPU, training can only run on the CPU; say so instead of failing on --bf16.
         defaults.setdefault("use_cpu", True)
     parser.set_defaults(**defaults)
@@ -247,7 +275,12 @@ def parse(types: tuple[type, ...], argv: list[str] | None = None, defaults: dict
             path = argv.pop(index).split("=", 1)[1]
         config_argv += _config_to_argv(path, parser)
     argv = rename_legacy_flags(config_argv + argv, parser)
-    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    try:
+        *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except UserError:
+        raise
+    except ValueError as err:  # a library config's own check (TrainingArguments, TRL configs); it names the flag
+        raise UserError(f"invalid arguments: {err}") from None
     if unknown:
         flags = [a for a in unknown if a.startswith("-")] or unknown
         hints = [
@@ -262,6 +295,7 @@ def parse(types: tuple[type, ...], argv: list[str] | None = None, defaults: dict
             + (f" Did you mean: {', '.join(hints)}?" if hints else "")
             + " Run with --help to list every flag."
         )
+    output = parsed.pop() if training else None
     remote = (
         parsed.pop()
         if own_flag
@@ -270,7 +304,56 @@ def parse(types: tuple[type, ...], argv: list[str] | None = None, defaults: dict
     for parsed_args in parsed:
         if isinstance(parsed_args, ModelArguments):
             parsed_args.trust_remote_code = remote.trust_remote_code
+        if isinstance(parsed_args, TrainingArguments):
+            check_training_values(parsed_args)
+            saving.check_output_dir(
+                parsed_args.output_dir,
+                parsed_args.resume_from_checkpoint,
+                output.overwrite_output_dir,
+                parsed_args.do_train,
+            )
     return tuple(parsed)
+
+
+def _usage_error(message: str) -> None:
+    raise UserError(f"{message}. Run with --help to list every flag.")
+
+
+def check_training_values(training_args: TrainingArguments) -> None:
+    """Values the Trainer would only trip over later, with a library message that does not name the flag."""
+    t = training_args
+    problems = [
+        message
+        for bad, message in (
+            (
+                t.learning_rate < 0,
+                f"--learning_rate {t.learning_rate:g} must be >= 0, e.g. 2e-5 (full) or 2e-4 (LoRA).",
+            ),
+            (
+                t.per_device_train_batch_size < 1,
+                f"--per_device_train_batch_size {t.per_device_train_batch_size} must be >= 1.",
+            ),
+            (
+                t.per_device_eval_batch_size < 1,
+                f"--per_device_eval_batch_size {t.per_device_eval_batch_size} must be >= 1.",
+            ),
+            (
+                t.gradient_accumulation_steps < 1,
+                f"--gradient_accumulation_steps {t.gradient_accumulation_steps} must be >= 1.",
+            ),
+            (
+                t.do_train and t.max_steps <= 0 and t.num_train_epochs <= 0,
+                f"--num_train_epochs {t.num_train_epochs:g} must be > 0 (or set --max_steps > 0).",
+            ),
+            (t.max_grad_norm < 0, f"--max_grad_norm {t.max_grad_norm:g} must be >= 0 (0 = no clipping)."),
+            (t.save_strategy == "steps" and t.save_steps <= 0, f"--save_steps {t.save_steps:g} must be > 0."),
+            (t.eval_strategy == "steps" and (t.eval_steps or 1) <= 0, f"--eval_steps {t.eval_steps} must be > 0."),
+            (t.dataloader_num_workers < 0, f"--dataloader_num_workers {t.dataloader_num_workers} must be >= 0."),
+        )
+        if bad
+    ]
+    if problems:
+        raise UserError("invalid arguments:\n  - " + "\n  - ".join(problems))
 
 
 def check_args(
