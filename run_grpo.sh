@@ -3,16 +3,20 @@
 # scored by rule rewards (medical_accuracy, choice_accuracy, format; add reward_model with --reward_model_path)
 # -> LoRA adapter in outputs-grpo. Comes after run_sft.sh + merge (MODEL=merged-sft), or starts from an instruct model.
 # Next: python merge_peft_adapter.py --base_model $MODEL --lora_model outputs-grpo --output_dir merged-grpo
-# Settings: MODEL, TEMPLATE, NPROC (GPUs); extra flags after the script name (e.g. --deepspeed zero2.json).
+# Settings (environment): MODEL, TEMPLATE, DATA (training folder), OUTPUT (output_dir), NPROC (processes or GPUs),
+# DEEPSPEED (a ZeRO config such as zero2.json). Flags after the script name override the ones below.
 set -euo pipefail
 MODEL=${MODEL:-merged-sft}
 TEMPLATE=${TEMPLATE:-qwen2.5}
 NPROC=${NPROC:-1}
+DATA=${DATA:-./data/grpo}
+OUTPUT=${OUTPUT:-outputs-grpo}
+DEEPSPEED=${DEEPSPEED:-}
 
 torchrun --nproc_per_node "$NPROC" grpo_training.py \
     --model_name_or_path "$MODEL" \
     --template_name "$TEMPLATE" \
-    --train_file_dir ./data/grpo \
+    --train_file_dir "$DATA" \
     --validation_split_percentage 0 \
     --reward_funcs medical_accuracy choice_accuracy format \
     --reward_weights 1.0 1.0 0.5 \
@@ -35,5 +39,6 @@ torchrun --nproc_per_node "$NPROC" grpo_training.py \
     --logging_steps 1 \
     --save_steps 50 \
     --save_total_limit 3 \
-    --output_dir outputs-grpo \
+    --output_dir "$OUTPUT" \
+    ${DEEPSPEED:+--deepspeed "$DEEPSPEED"} \
     "$@"

@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # ORPO: preference pairs (data/reward) on the merged SFT model -> LoRA adapter in outputs-orpo (no reference model).
 # Next: python merge_peft_adapter.py --base_model $MODEL --lora_model outputs-orpo --output_dir merged-orpo
-# Comes after run_sft.sh + merge (MODEL=merged-sft). Settings: MODEL, TEMPLATE, NPROC (GPUs); extra flags after
-# the script name (e.g. --deepspeed zero2.json).
+# Comes after run_sft.sh + merge (MODEL=merged-sft).
+# Settings (environment): MODEL, TEMPLATE, DATA (training folder), OUTPUT (output_dir), NPROC (processes or GPUs),
+# DEEPSPEED (a ZeRO config such as zero2.json). Flags after the script name override the ones below.
 set -euo pipefail
 MODEL=${MODEL:-merged-sft}
 TEMPLATE=${TEMPLATE:-qwen2.5}
 NPROC=${NPROC:-1}
+DATA=${DATA:-./data/reward}
+OUTPUT=${OUTPUT:-outputs-orpo}
+DEEPSPEED=${DEEPSPEED:-}
 
 torchrun --nproc_per_node "$NPROC" orpo_training.py \
     --model_name_or_path "$MODEL" \
     --template_name "$TEMPLATE" \
-    --train_file_dir ./data/reward \
+    --train_file_dir "$DATA" \
     --validation_split_percentage 10 \
     --max_source_length 1024 \
     --max_target_length 512 \
@@ -35,5 +39,6 @@ torchrun --nproc_per_node "$NPROC" orpo_training.py \
     --save_steps 500 \
     --save_total_limit 3 \
     --gradient_checkpointing True \
-    --output_dir outputs-orpo \
+    --output_dir "$OUTPUT" \
+    ${DEEPSPEED:+--deepspeed "$DEEPSPEED"} \
     "$@"

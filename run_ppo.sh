@@ -3,18 +3,22 @@
 # are dropped) -> LoRA adapter of the policy in outputs-ppo (the critic's in outputs-ppo/value_model).
 # Comes after run_sft.sh + merge (MODEL=merged-sft) and run_rm.sh + merge (REWARD_MODEL=merged-rm).
 # Next: python merge_peft_adapter.py --base_model $MODEL --lora_model outputs-ppo --output_dir merged-ppo
-# Settings: MODEL, REWARD_MODEL, TEMPLATE, NPROC (GPUs); extra flags after the script name (e.g. --deepspeed zero2.json).
+# Settings (environment): MODEL, REWARD_MODEL, TEMPLATE, DATA (training folder), OUTPUT (output_dir), NPROC (processes or GPUs),
+# DEEPSPEED (a ZeRO config such as zero2.json). Flags after the script name override the ones below.
 set -euo pipefail
 MODEL=${MODEL:-merged-sft}
 REWARD_MODEL=${REWARD_MODEL:-merged-rm}
 TEMPLATE=${TEMPLATE:-qwen2.5}
 NPROC=${NPROC:-1}
+DATA=${DATA:-./data/sft}
+OUTPUT=${OUTPUT:-outputs-ppo}
+DEEPSPEED=${DEEPSPEED:-}
 
 torchrun --nproc_per_node "$NPROC" ppo_training.py \
     --sft_model_path "$MODEL" \
     --reward_model_path "$REWARD_MODEL" \
     --template_name "$TEMPLATE" \
-    --train_file_dir ./data/sft \
+    --train_file_dir "$DATA" \
     --validation_split_percentage 5 \
     --max_source_length 1024 \
     --response_length 512 \
@@ -41,5 +45,6 @@ torchrun --nproc_per_node "$NPROC" ppo_training.py \
     --save_steps 50 \
     --save_total_limit 3 \
     --gradient_checkpointing True \
-    --output_dir outputs-ppo \
+    --output_dir "$OUTPUT" \
+    ${DEEPSPEED:+--deepspeed "$DEEPSPEED"} \
     "$@"

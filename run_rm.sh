@@ -2,17 +2,21 @@
 # Reward model: preference pairs (data/reward) on the merged SFT model -> LoRA adapter + score head in outputs-rm.
 # Next: python merge_peft_adapter.py --base_model $MODEL --lora_model outputs-rm --output_dir merged-rm (a standalone
 # reward model for PPO/GRPO; score answers with medgpt.preference.score).
-# Comes after run_sft.sh + merge (MODEL=merged-sft). Settings: MODEL, TEMPLATE, NPROC (GPUs); extra flags after
-# the script name (e.g. --deepspeed zero2.json).
+# Comes after run_sft.sh + merge (MODEL=merged-sft).
+# Settings (environment): MODEL, TEMPLATE, DATA (training folder), OUTPUT (output_dir), NPROC (processes or GPUs),
+# DEEPSPEED (a ZeRO config such as zero2.json). Flags after the script name override the ones below.
 set -euo pipefail
 MODEL=${MODEL:-merged-sft}
 TEMPLATE=${TEMPLATE:-qwen2.5}
 NPROC=${NPROC:-1}
+DATA=${DATA:-./data/reward}
+OUTPUT=${OUTPUT:-outputs-rm}
+DEEPSPEED=${DEEPSPEED:-}
 
 torchrun --nproc_per_node "$NPROC" reward_modeling.py \
     --model_name_or_path "$MODEL" \
     --template_name "$TEMPLATE" \
-    --train_file_dir ./data/reward \
+    --train_file_dir "$DATA" \
     --validation_split_percentage 10 \
     --max_source_length 1024 \
     --max_target_length 512 \
@@ -35,5 +39,6 @@ torchrun --nproc_per_node "$NPROC" reward_modeling.py \
     --save_steps 500 \
     --save_total_limit 3 \
     --gradient_checkpointing True \
-    --output_dir outputs-rm \
+    --output_dir "$OUTPUT" \
+    ${DEEPSPEED:+--deepspeed "$DEEPSPEED"} \
     "$@"

@@ -2,16 +2,20 @@
 # Supervised fine-tuning: chat data (data/sft: ShareGPT, Alpaca, OpenAI messages) -> LoRA adapter in outputs-sft.
 # Comes after run_pt.sh + merge (MODEL=merged-pt), or starts from any base/instruct model.
 # Next: python merge_peft_adapter.py --base_model $MODEL --lora_model outputs-sft --output_dir merged-sft
-# Settings: MODEL, TEMPLATE, NPROC (GPUs); extra flags after the script name (e.g. --deepspeed zero2.json).
+# Settings (environment): MODEL, TEMPLATE, DATA (training folder), OUTPUT (output_dir), NPROC (processes or GPUs),
+# DEEPSPEED (a ZeRO config such as zero2.json). Flags after the script name override the ones below.
 set -euo pipefail
 MODEL=${MODEL:-merged-pt}
 TEMPLATE=${TEMPLATE:-qwen2.5}
 NPROC=${NPROC:-1}
+DATA=${DATA:-./data/sft}
+OUTPUT=${OUTPUT:-outputs-sft}
+DEEPSPEED=${DEEPSPEED:-}
 
 torchrun --nproc_per_node "$NPROC" supervised_finetuning.py \
     --model_name_or_path "$MODEL" \
     --template_name "$TEMPLATE" \
-    --train_file_dir ./data/sft \
+    --train_file_dir "$DATA" \
     --validation_split_percentage 5 \
     --model_max_length 1024 \
     --packing True \
@@ -34,5 +38,6 @@ torchrun --nproc_per_node "$NPROC" supervised_finetuning.py \
     --save_steps 500 \
     --save_total_limit 3 \
     --gradient_checkpointing True \
-    --output_dir outputs-sft \
+    --output_dir "$OUTPUT" \
+    ${DEEPSPEED:+--deepspeed "$DEEPSPEED"} \
     "$@"

@@ -2,8 +2,6 @@
 
 import json
 import os
-import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -31,26 +29,43 @@ RUN_SCRIPTS = {
 }
 
 
-def script_flags(path: Path, script_name: str) -> list[str]:
-    """The flags a run_*.sh passes to its Python script, with shell variables filled with placeholders."""
-    text = path.read_text().replace("\\\n", " ")
-    command = next(line for line in text.splitlines() if script_name in line)
-    tokens = shlex.split(re.sub(r'"\$\{?(\w+)\}?"', r"\1_VALUE", command))
-    flags = tokens[tokens.index(script_name) + 1 :]
-    return [t for t in flags if t != "$@"]
+def script_flags(path: Path, script_name: str, tmp_path: Path, **env: str) -> list[str]:
+    """The flags a run_*.sh passes to its Python script: it runs with a stand-in torchrun that records them."""
+    stub = tmp_path / "bin" / "torchrun"
+    stub.parent.mkdir(exist_ok=True)
+    stub.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    stub.chmod(0o755)
+    environment = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}", "MODEL": "MODEL_VALUE", **env}
+    result = subprocess.run(["bash", str(path)], capture_output=True, text=True, env=environment, check=True)
+    argv = json.loads(result.stdout)
+    return argv[argv.index(script_name) + 1 :]
 
 
 @pytest.mark.parametrize("run_script", sorted(RUN_SCRIPTS))
 def test_run_script_flags_parse(run_script, tmp_path):
     path = ROOT / run_script
-    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
     module = RUN_SCRIPTS[run_script]
-    flags = script_flags(path, Path(module.__file__).name)
+    flags = script_flags(path, Path(module.__file__).name, tmp_path)
     parsed = args.parse(module.ARG_TYPES, flags, module.DEFAULTS)
     training_args = parsed[-1]
     assert training_args.output_dir.startswith("outputs-")
     model_path = parsed[0].model_name_or_path or getattr(parsed[-2], "sft_model_path", None)  # PPO: MedicalGPT's name
-    assert model_path.endswith("_VALUE")
+    assert model_path == "MODEL_VALUE"
+
+
+@pytest.mark.parametrize("run_script", sorted(RUN_SCRIPTS))
+def test_run_scripts_take_data_output_and_deepspeed_from_the_environment(run_script, tmp_path):
+    module = RUN_SCRIPTS[run_script]
+    flags = script_flags(
+        ROOT / run_script,
+        Path(module.__file__).name,
+        tmp_path,
+        DATA="my-data",
+        OUTPUT="my-out",
+        DEEPSPEED="zero2.json",
+    )
+    for flag, value in (("--train_file_dir", "my-data"), ("--output_dir", "my-out"), ("--deepspeed", "zero2.json")):
+        assert flags[flags.index(flag) + 1] == value
 
 
 @pytest.mark.parametrize("config", ["zero2.json", "zero3.json"])
