@@ -187,6 +187,8 @@ def test_packed_sft_trains(tiny_model_dir, tmp_path):
             "0",
             "--model_max_length",
             "512",
+            "--max_train_samples",
+            "24",
             *FAST,
         ]
     )
