@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make test   - create/update .venv from the lock and run the whole offline test suite
-#   make demo   - create/update .venv, prepare SmolLM2-135M-Instruct locally, run SFT -> merge -> chat
+#   make demo   - create/update .venv, prepare SmolLM2-135M-Instruct locally, run the whole pipeline
+#                 (PT -> SFT -> RM -> PPO, DPO, GRPO, ORPO with held-out checks; run_pipeline.sh)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -42,7 +43,7 @@ test: install browser tcmalloc
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 demo: install tcmalloc
-	bash demo.sh
+	bash run_pipeline.sh
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
