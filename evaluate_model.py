@@ -1,0 +1,36 @@
+"""Evaluate a trained model on held-out files: chat perplexity, multiple-choice accuracy, preference accuracy and
+margin, and the mean rewards of generated answers. Each section runs when its file flag is given (a file or a folder
+of .jsonl/.json files); the figures are printed as a table and, with --output_file, written to JSON.
+
+The model is a saved folder, or a base model plus a LoRA adapter; texts are rendered with the chat template it was
+trained with (see docs/evaluation.md for every figure and the file formats).
+
+    python evaluate_model.py --base_model merged-sft --chat_file data/eval/sft --mcq_file data/eval/mcq \
+        --output_file outputs/eval-sft.json
+    python evaluate_model.py --base_model merged-pt --lora_model outputs-sft --chat_file data/eval/sft  # no merge
+    python evaluate_model.py --base_model merged-dpo --reference_model merged-sft --preference_file data/eval/reward
+    python evaluate_model.py --base_model merged-rm --preference_file data/eval/reward          # a reward model
+    python evaluate_model.py --base_model merged-grpo --prompt_file data/eval/grpo \
+        --reward_funcs medical_accuracy choice_accuracy --max_new_tokens 128
+    python evaluate_model.py --config eval.yaml --max_samples 50    # CLI flags override the file
+"""
+
+from medgpt import args, evaluation
+from medgpt.engine import EngineArguments
+from medgpt.errors import run_cli
+
+ARG_TYPES = (EngineArguments, evaluation.EvalArguments)
+DEFAULTS: dict = {}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    engine_args, eval_args = args.parse(ARG_TYPES, argv, DEFAULTS)
+    results = evaluation.evaluate(engine_args, eval_args)
+    print(evaluation.format_table(results))
+    if eval_args.output_file:
+        print(f"wrote {evaluation.write_json(eval_args.output_file, results)}")
+    return results
+
+
+if __name__ == "__main__":
+    run_cli(main)
