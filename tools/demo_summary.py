@@ -143,9 +143,13 @@ def stage_checks(run: Run, stage: str) -> tuple[list[Check], list[Check]]:
         ),
         "rm": (
             [Check("train accuracy", *run.trend("rm", "accuracy"), higher=True)],
-            [
-                Check("pairwise accuracy", *run.first_last("rm", "eval_accuracy"), higher=True),
-                Check("score margin", *run.first_last("rm", "eval_margin"), higher=True),
+            [  # before: the trainer's evaluation at step 0 (random score head); after: evaluate_model.py
+                Check(
+                    "pairwise accuracy",
+                    run.first_last("rm", "eval_accuracy")[0],
+                    _get(run.eval("rm"), "preference", "accuracy"),
+                    higher=True,
+                )
             ],
         ),
         "ppo": (
@@ -161,9 +165,13 @@ def stage_checks(run: Run, stage: str) -> tuple[list[Check], list[Check]]:
         ),
         "dpo": (
             [Check("train margin", *run.trend("dpo", "rewards/margins"), higher=True)],
-            [
-                Check("DPO margin", *run.first_last("dpo", "eval_rewards/margins"), higher=True),
-                Check("pair accuracy", *run.first_last("dpo", "eval_rewards/accuracies"), higher=True),
+            [  # the policy starts as the reference (the SFT model), so its margin over it starts at 0
+                Check(
+                    "DPO margin over SFT",
+                    0.0 if run.eval("dpo") else None,
+                    _get(run.eval("dpo"), "preference", "margin"),
+                    higher=True,
+                )
             ],
         ),
         "grpo": (
