@@ -74,9 +74,9 @@ step answers-base "base model answers the demo questions" python inference.py --
 SFT_FROM=$BASE
 if wants pt; then
     step pt "PT: continued pre-training on data/pretrain" env MODEL="$BASE" DATA=data/pretrain OUTPUT="$OUT/pt" \
-        bash run_pt.sh $COMMON --eval_strategy steps --eval_on_start True --eval_steps "$(steps 10)" \
+        bash run_pt.sh $COMMON --eval_strategy steps --eval_on_start True --eval_steps "$(steps 6)" \
         --validation_file_dir data/eval/pretrain --block_size 256 --per_device_train_batch_size 4 \
-        --learning_rate 5e-4 --lora_rank 16 --lora_alpha 32 --max_steps "$(steps 10)"
+        --learning_rate 5e-4 --lora_rank 16 --lora_alpha 32 --max_steps "$(steps 6)"
     merge pt "$BASE"
     evaluate pt "held-out check: PT model" "$OUT/merged-pt" $HELD_OUT_CHAT
     SFT_FROM=$OUT/merged-pt
@@ -94,9 +94,9 @@ SFT=$OUT/merged-sft
 
 if wants rm; then
     step rm "RM: reward model on data/reward pairs" env MODEL="$SFT" DATA=data/reward OUTPUT="$OUT/rm" \
-        bash run_rm.sh $COMMON $EVAL_FIRST --validation_file_dir data/eval/reward --max_length 384 \
-        --per_device_train_batch_size 4 --learning_rate 5e-4 --lora_rank 16 --lora_alpha 32 \
-        --max_steps "$(steps 16)"
+        bash run_rm.sh $COMMON $EVAL_FIRST --validation_file_dir data/eval/reward \
+        --max_length 256 --per_device_train_batch_size 2 --learning_rate 5e-4 --lora_rank 16 --lora_alpha 32 \
+        --max_steps "$(steps 12)"
     merge rm "$SFT"
     evaluate rm "held-out check: reward model accuracy" "$OUT/merged-rm" --preference_file data/eval/reward
 fi
@@ -107,7 +107,7 @@ if wants ppo; then
     step ppo "PPO: SFT policy learns from the reward model" env MODEL="$SFT" REWARD_MODEL="$OUT/merged-rm" \
         DATA=data/sft OUTPUT="$OUT/ppo" bash run_ppo.sh $COMMON --validation_split_percentage 0 \
         --max_source_length 256 --response_length 48 --per_device_train_batch_size 4 --num_ppo_epochs 1 \
-        --learning_rate 1e-4 --temperature 0.9 --max_steps "$(steps 12)"
+        --learning_rate 1e-4 --temperature 0.9 --max_steps "$(steps 8)"
     merge ppo "$SFT"
     evaluate ppo "held-out check: PPO answers scored by the RM" "$OUT/merged-ppo" --prompt_file data/eval/sft \
         --reward_funcs reward_model --reward_model_path "$OUT/merged-rm" --max_new_tokens 48
@@ -115,8 +115,8 @@ fi
 
 if wants dpo; then
     step dpo "DPO: SFT model on data/reward pairs" env MODEL="$SFT" DATA=data/reward OUTPUT="$OUT/dpo" \
-        bash run_dpo.sh $COMMON --validation_split_percentage 0 --max_length 384 \
-        --precompute_ref_log_probs False --per_device_train_batch_size 4 --learning_rate 2e-4 \
+        bash run_dpo.sh $COMMON --validation_split_percentage 0 --max_length 256 \
+        --precompute_ref_log_probs False --per_device_train_batch_size 2 --learning_rate 2e-4 \
         --max_steps "$(steps 12)"
     merge dpo "$SFT"
     evaluate dpo "held-out check: DPO margin over the SFT model" "$OUT/merged-dpo" \
@@ -129,7 +129,7 @@ if wants grpo; then
     step grpo "GRPO: SFT model on data/grpo, rule rewards" env MODEL="$SFT" DATA=data/grpo OUTPUT="$OUT/grpo" \
         bash run_grpo.sh $COMMON --reward_funcs $GRPO_REWARDS \
         --reward_weights 1.0 1.0 --num_generations 4 --per_device_train_batch_size 8 --max_completion_length 48 \
-        --learning_rate 1e-4 --temperature 0.9 --max_steps "$(steps 12)"
+        --learning_rate 1e-4 --temperature 0.9 --max_steps "$(steps 10)"
     merge grpo "$SFT"
     evaluate grpo "held-out check: GRPO answers, rule rewards" "$OUT/merged-grpo" --prompt_file data/eval/grpo \
         --reward_funcs $GRPO_REWARDS --max_new_tokens 48
@@ -138,8 +138,8 @@ fi
 if wants orpo; then
     evaluate orpo-before "held-out check: SFT log-prob margin" "$SFT" --preference_file data/eval/reward
     step orpo "ORPO: SFT model on data/reward pairs" env MODEL="$SFT" DATA=data/reward OUTPUT="$OUT/orpo" \
-        bash run_orpo.sh $COMMON --validation_split_percentage 0 --max_length 384 \
-        --per_device_train_batch_size 4 --learning_rate 2e-4 --max_steps "$(steps 10)"
+        bash run_orpo.sh $COMMON --validation_split_percentage 0 --max_length 256 \
+        --per_device_train_batch_size 2 --learning_rate 2e-4 --max_steps "$(steps 10)"
     merge orpo "$SFT"
     evaluate orpo "held-out check: ORPO log-prob margin" "$OUT/merged-orpo" --preference_file data/eval/reward
 fi
