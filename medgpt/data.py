@@ -17,7 +17,7 @@ from datasets.exceptions import DatasetGenerationError
 from medgpt import __version__
 from medgpt.args import DataArguments, check_eval_split, wants_eval
 from medgpt.errors import UserError
-from medgpt.formats import NORMALIZERS, ReadReport, RowError, normalize_prompt
+from medgpt.formats import NORMALIZERS, ReadReport, RowError, normalize_prompt_row
 
 logger = logging.getLogger(__name__)
 
@@ -41,32 +41,55 @@ def find_files(folder: str, kind: Kind, flag: str) -> list[Path]:
     return files
 
 
+def _not_text(row: dict) -> RowError | None:
+    """Bytes that are not UTF-8 (read as lone surrogates) and escaped halves of UTF-16 surrogate pairs ("\\ud800")
+    are not text: Arrow and the tokenizers cannot take them."""
+    for value in row.values():
+        if not isinstance(value, str):
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            return RowError(
+                None,
+                f"not UTF-8 text: {err.object[err.start]!r} is a byte that is not UTF-8 or half of a UTF-16 surrogate "
+                "pair; save the file as UTF-8",
+            )
+    return None
+
+
 def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed row) for .jsonl, .json (a list of rows) and .txt (one document per line)."""
+    """(line number, parsed row) for .jsonl, .json (a list of rows) and .txt (one document per line). Bytes that are
+    not UTF-8 are read as lone surrogates, and the row holding them is refused after normalization (_not_text)."""
     if path.suffix == ".txt":
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8", errors="surrogateescape") as f:
             for number, line in enumerate(f, 1):
                 if line.strip():
                     yield number, line
         return
     if path.suffix == ".json":
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
         if text.lstrip().startswith("["):
             try:
                 rows = json.loads(text)
             except json.JSONDecodeError as err:
                 raise UserError(f"{path}:{err.lineno}: invalid JSON ({err.msg}, column {err.colno}).") from None
+            except RecursionError:
+                raise UserError(f"{path}: invalid JSON (nested too deeply to read).") from None
             for index, row in enumerate(rows):
                 yield index + 1, row  # rows of a JSON array are numbered from 1 ("row N")
             return
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8", errors="surrogateescape") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                yield number, json.loads(line.rstrip("\r\n"))
+                row = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:
-                yield number, RowError(None, f"invalid JSON ({err.msg} at column {err.colno})")
+                row = RowError(None, f"invalid JSON ({err.msg} at column {err.colno})")
+            except RecursionError:
+                row = RowError(None, "invalid JSON (nested too deeply to read)")
+            yield number, row
 
 
 def read_rows(
@@ -89,6 +112,8 @@ def read_rows(
                 if normalized is None:
                     report.skipped["conversation without any answer"] += 1
                     continue
+                if error := _not_text(normalized):
+                    raise error
                 yield normalized
                 count += 1
             except RowError as err:
@@ -308,22 +333,18 @@ def read_prompt_file(path: str, flag: str) -> list[list[dict]]:
     file = Path(path)
     if not file.is_file():
         raise UserError(f"--{flag} {path}: file not found.")
-    if file.suffix == ".txt":
-        return [
-            [{"role": "user", "content": line.strip()}]
-            for line in file.read_text(encoding="utf-8").splitlines()
-            if line.strip()
-        ]
     conversations = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, row in _file_rows(file):  # read as training reads files, so the line numbers agree
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{number}: invalid JSON ({err.msg}).") from None
-        try:
-            conversations.append(normalize_prompt(row))
+            if isinstance(row, RowError):
+                raise row
+            if file.suffix == ".txt":
+                normalized = {"prompt": json.dumps([{"role": "user", "content": row.strip()}], ensure_ascii=False)}
+            else:
+                normalized = normalize_prompt_row(row)
+            if error := _not_text(normalized):
+                raise error
+            conversations.append(json.loads(normalized["prompt"]))
         except RowError as err:
             raise UserError(f"{path}:{number}: {err}.") from None
     if not conversations:

@@ -115,6 +115,12 @@ def _tools(value: Any) -> list:
         tools = [tools]
     if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
         raise RowError("tools", "expected a list of tool definitions (objects)")
+    for i, tool in enumerate(tools):
+        spec = tool.get("function", tool)
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise RowError(f"tools[{i}]", 'a tool needs {"name": ..., "description": ..., "parameters": {...}}')
+        if not isinstance(spec.get("description") or "", str):
+            raise RowError(f"tools[{i}].description", "expected a string")
     return tools
 
 
@@ -130,7 +136,7 @@ def from_sharegpt(row: dict) -> tuple[list[dict], list]:
         where = f"conversations[{i}]"
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
             raise RowError(where, 'each turn needs "from" and "value"')
-        role = SHAREGPT_ROLES.get(turn["from"])
+        role = SHAREGPT_ROLES.get(_text(turn["from"], f"{where}.from"))
         if role is None:
             raise RowError(
                 f"{where}.from", f"unknown role {turn['from']!r}; use one of {', '.join(sorted(SHAREGPT_ROLES))}"
@@ -152,7 +158,10 @@ def from_alpaca(row: dict) -> tuple[list[dict], list]:
     messages = []
     if row.get("system"):
         messages.append({"role": "system", "content": _text(row["system"], "system")})
-    for i, pair in enumerate(row.get("history") or []):
+    history = row.get("history") or []
+    if not isinstance(history, list):
+        raise RowError("history", "expected a list of [question, answer] pairs")
+    for i, pair in enumerate(history):
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise RowError(f"history[{i}]", "expected a [question, answer] pair")
         messages.append({"role": "user", "content": _text(pair[0], f"history[{i}][0]")})
@@ -171,7 +180,8 @@ def _openai_message(message: Any, where: str) -> dict:
     """One OpenAI-style message -> {"role", "content"[, "tool_calls"]}."""
     if not isinstance(message, dict) or "role" not in message:
         raise RowError(where, 'each message needs "role" and "content"')
-    role = "tool" if message["role"] == "function" else message["role"]
+    role = _text(message["role"], f"{where}.role")
+    role = "tool" if role == "function" else role
     if role not in OPENAI_ROLES:
         raise RowError(f"{where}.role", f"unknown role {role!r}; use one of {', '.join(sorted(OPENAI_ROLES))}")
     content = message.get("content")
@@ -179,6 +189,8 @@ def _openai_message(message: Any, where: str) -> dict:
     if message.get("tool_calls"):
         if role != "assistant":
             raise RowError(f"{where}.tool_calls", "only assistant messages can make tool calls")
+        if not isinstance(message["tool_calls"], list):
+            raise RowError(f"{where}.tool_calls", "expected a list of tool calls")
         normalized["tool_calls"] = [_tool_call(c, f"{where}.tool_calls") for c in message["tool_calls"]]
     elif content is None:
         raise RowError(f"{where}.content", "missing")
@@ -248,7 +260,10 @@ def normalize_chat(row: dict, report: ReadReport) -> dict | None:
             messages = check_turn_order(messages, report)
             if not messages:
                 return None
-            return {"messages": json.dumps(messages, ensure_ascii=False), "tools": json.dumps(tools) if tools else ""}
+            return {
+                "messages": json.dumps(messages, ensure_ascii=False),
+                "tools": json.dumps(tools, ensure_ascii=False) if tools else "",
+            }
     keys = ", ".join(repr(k) for k in row) or "none"
     raise RowError(
         "row",
@@ -345,7 +360,7 @@ def normalize_preference(row: dict, report: ReadReport) -> dict:
         "prompt": json.dumps(prompt, ensure_ascii=False),
         "chosen": json.dumps(chosen, ensure_ascii=False),
         "rejected": json.dumps(rejected, ensure_ascii=False),
-        "tools": json.dumps(tools) if tools else "",
+        "tools": json.dumps(tools, ensure_ascii=False) if tools else "",
     }
 
 
@@ -441,6 +456,8 @@ def normalize_prompt_row(row: Any, report: ReadReport | None = None) -> dict:
                 prompt.insert(0, {"role": "system", "content": _text(system, "system")})
     if not answer:
         answer = next((row[k] for k in ANSWER_KEYS if row.get(k) not in (None, "")), "")
+    if not prompt:
+        raise RowError("prompt", "has no user turn to answer")
     if row.get("options") not in (None, "", [], {}):
         options = _options(row["options"])
         answer = _choice_answer(answer, options) if answer not in (None, "") else ""
@@ -454,7 +471,7 @@ def normalize_prompt_row(row: Any, report: ReadReport | None = None) -> dict:
     extra = {k: v for k, v in row.items() if k not in used and isinstance(v, (str, int, float, bool))}
     return {
         "prompt": json.dumps(prompt, ensure_ascii=False),
-        "tools": json.dumps(tools) if tools else "",
+        "tools": json.dumps(tools, ensure_ascii=False) if tools else "",
         "answer": answer,
         "options": json.dumps(options, ensure_ascii=False) if options else "",
         "extra": json.dumps(extra, ensure_ascii=False) if extra else "",
