@@ -9,6 +9,7 @@ stop token kept, all counted in tokens.
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from datasets import Dataset
@@ -63,7 +64,12 @@ def encode_pair(tokenizer, template, row: dict, max_length: int, pref_args: Pref
     prompt_text, chosen = split_answer(template, prompt, json.loads(row["chosen"]), tools)
     prompt_other, rejected = split_answer(template, prompt, json.loads(row["rejected"]), tools)
     if prompt_other != prompt_text:
-        raise ValueError(f"template {template.name!r} renders the prompt differently before the two answers")
+        # Auto mode counts an answer's leading whitespace as prompt: it then belongs to that answer.
+        common = os.path.commonprefix([prompt_text, prompt_other])
+        if prompt_text[len(common) :].strip() or prompt_other[len(common) :].strip():
+            raise ValueError(f"template {template.name!r} renders the prompt differently before the two answers")
+        chosen, rejected = prompt_text[len(common) :] + chosen, prompt_other[len(common) :] + rejected
+        prompt_text = common
     stop = next((s for s in template.stop_words if chosen.endswith(s)), "")
     chosen, chosen_ids = _shorten_answer(tokenizer, chosen, stop, pref_args.max_target_length)
     rejected, rejected_ids = _shorten_answer(tokenizer, rejected, stop, pref_args.max_target_length)

@@ -685,11 +685,10 @@ def test_auto_template_and_nul_text(tmp_path):
     assert len(tokenize_sft(datasets.Dataset.from_list(rows), tokenizer(), get_template("auto", tokenizer()), 64)) == 1
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="preference.py/template.py: auto mode and leading space")
 def test_auto_template_and_answers_with_leading_whitespace(tmp_path):
     """Found by the fuzzing above: auto mode starts an answer's supervised text after its leading whitespace, so
-    two answers of which one starts with a space or line break render "different prompts" and encode_pair raises
-    ValueError. Remove the xfail mark when preference.py or template.py handles it."""
+    two answers of which one starts with a space or line break rendered "different prompts"; the whitespace now
+    belongs to its answer."""
     path = tmp_path / "pairs.jsonl"
     row = {"conversations": [{"from": "human", "value": "Fever?"}], "chosen": "Rest.", "rejected": "\nAntibiotics."}
     path.write_text(json.dumps(row) + "\n", encoding="utf-8")
