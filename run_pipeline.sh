@@ -109,7 +109,7 @@ if wants ppo; then
     step ppo "PPO: SFT policy learns from the reward model" env MODEL="$SFT" REWARD_MODEL="$OUT/merged-rm" \
         DATA=data/sft OUTPUT="$OUT/ppo" bash run_ppo.sh $COMMON --validation_split_percentage 0 \
         --max_source_length 256 --response_length 48 --per_device_train_batch_size 4 --num_ppo_epochs 1 \
-        --learning_rate 1e-4 --temperature 0.9 --max_steps "$(steps 8)"
+        --learning_rate 3e-4 --temperature 0.9 --max_steps "$(steps 8)"
     merge ppo "$SFT"
     evaluate ppo "held-out check: PPO answers scored by the RM" "$OUT/merged-ppo" --prompt_file data/eval/sft \
         --reward_funcs reward_model --reward_model_path "$OUT/merged-rm" --max_new_tokens 48 $PROMPT_SAMPLES
