@@ -151,10 +151,11 @@ FINAL=$(for name in ppo dpo grpo orpo sft pt; do
 done)
 if [ -n "$FINAL" ]; then
     echo "$FINAL" > "$OUT/final_model.txt"
-    step answers-final "final model ($FINAL) answers the demo questions" python inference.py --base_model "$FINAL" \
+    step answers-final "final model answers the demo questions" python inference.py --base_model "$FINAL" \
         --data_file data/eval/demo_questions.txt --output_file "$OUT/answers/final.jsonl" --max_new_tokens 96 \
         --temperature 0
 fi
 
 echo
-python tools/demo_summary.py --demo_dir "$OUT"
+# Library start-up messages go to the log; the summary itself is printed.
+python tools/demo_summary.py --demo_dir "$OUT" 2> "$OUT/logs/summary.log" || { cat "$OUT/logs/summary.log"; exit 1; }

@@ -15,7 +15,6 @@ from typing import Any, Literal
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from medgpt import saving
 from medgpt.errors import UserError
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -305,6 +304,8 @@ def parse(types: tuple[type, ...], argv: list[str] | None = None, defaults: dict
         if isinstance(parsed_args, ModelArguments):
             parsed_args.trust_remote_code = remote.trust_remote_code
         if isinstance(parsed_args, TrainingArguments):
+            from medgpt import saving  # imports the Trainer: only training scripts pay for it
+
             check_training_values(parsed_args)
             saving.check_output_dir(
                 parsed_args.output_dir,
