@@ -34,6 +34,23 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def reward_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A one-score classifier on the tiny model, saved with its template (chatml) as reward_modeling.py does."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from medgpt.saving import save_template
+
+    out = tmp_path_factory.mktemp("rm")
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    model.config.pad_token_id = 0
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    save_template(out, "chatml")
+    return out
+
+
+@pytest.fixture(scope="session")
 def reference_data() -> Path:
     if not REFERENCE_DATA.is_dir():
         pytest.skip("MedicalGPT reference data (../shared/reference) is not present")

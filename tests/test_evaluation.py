@@ -221,18 +221,6 @@ def test_adapter_and_merged_folder_give_the_same_figures(tiny_model_dir, adapter
 # ---------------------------------------------------------------- preference pairs
 
 
-@pytest.fixture(scope="module")
-def reward_dir(tiny_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("rm")
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
-    model.config.pad_token_id = 0
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
-    save_template(out, "chatml")
-    return out
-
-
 def test_reward_model_pairs_are_scored_by_the_reward_model(reward_dir, files):
     result = run(reward_dir, template=None, preference_file=files["pairs"])
     assert result["model"]["kind"] == "reward" and result["preference"]["kind"] == "reward_model"

@@ -4,26 +4,12 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from medgpt.errors import UserError
 from medgpt.model import load_saved
 from medgpt.preference import score
 from medgpt.saving import save_template
 from medgpt.scoring import RewardModelScorer
-
-
-@pytest.fixture(scope="module")
-def reward_dir(tiny_model_dir, tmp_path_factory):
-    """A one-score classifier on the tiny model, saved with its template (chatml) as reward_modeling.py does."""
-    out = tmp_path_factory.mktemp("rm")
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
-    model.config.pad_token_id = 0
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
-    save_template(out, "chatml")
-    return out
 
 
 def test_scorer_renders_with_the_reward_models_own_template_and_scores(reward_dir):

@@ -56,14 +56,17 @@ class Run:
         self.folder = folder
         self.stages = (folder / "stages.txt").read_text().split() if (folder / "stages.txt").is_file() else []
         self.seconds = {}
+        self._evals: dict[str, dict] = {}
         if (folder / "timings.tsv").is_file():
             for line in (folder / "timings.tsv").read_text().splitlines():
                 name, seconds = line.split("\t")
                 self.seconds[name] = int(seconds)
 
     def eval(self, name: str) -> dict:
-        path = self.folder / "eval" / f"{name}.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        if name not in self._evals:
+            path = self.folder / "eval" / f"{name}.json"
+            self._evals[name] = json.loads(path.read_text()) if path.is_file() else {}
+        return self._evals[name]
 
     def log(self, stage: str) -> list[dict]:
         path = self.folder / stage / "trainer_state.json"
@@ -107,98 +110,47 @@ STAGE_DATA = {
 }
 
 
+def compare(run: Run, label: str, before: str, after: str, keys: tuple[str, ...], higher: bool) -> Check:
+    """A figure of evaluate_model.py's JSON (`keys` into it) for the `before` and `after` evaluations."""
+    return Check(label, _get(run.eval(before), *keys), _get(run.eval(after), *keys), higher)
+
+
 def stage_checks(run: Run, stage: str) -> tuple[list[Check], list[Check]]:
     """(training signal, held-out checks) of one stage."""
-    reward = ("prompts", "rewards")
-    before_sft = run.eval("pt") or run.eval("base")
-    table: dict[str, tuple[list[Check], list[Check]]] = {
-        "pt": (
-            [Check("train loss", *run.first_last("pt", "loss"), higher=False)],
-            [
-                Check("text perplexity", *map(_ppl, run.first_last("pt", "eval_loss")), higher=False),
-                Check(
-                    "chat perplexity",
-                    _get(run.eval("base"), "chat", "perplexity"),
-                    _get(run.eval("pt"), "chat", "perplexity"),
-                    higher=False,
-                ),
-            ],
-        ),
-        "sft": (
-            [Check("train loss", *run.first_last("sft", "loss"), higher=False)],
-            [
-                Check(
-                    "chat perplexity",
-                    _get(before_sft, "chat", "perplexity"),
-                    _get(run.eval("sft"), "chat", "perplexity"),
-                    higher=False,
-                ),
-                Check(
-                    "MCQ accuracy",
-                    _get(before_sft, "mcq", "accuracy"),
-                    _get(run.eval("sft"), "mcq", "accuracy"),
-                    higher=True,
-                ),
-            ],
-        ),
-        "rm": (
-            [Check("train accuracy", *run.trend("rm", "accuracy"), higher=True)],
-            [  # before: the trainer's evaluation at step 0 (random score head); after: evaluate_model.py
-                Check(
-                    "pairwise accuracy",
-                    run.first_last("rm", "eval_accuracy")[0],
-                    _get(run.eval("rm"), "preference", "accuracy"),
-                    higher=True,
-                )
-            ],
-        ),
-        "ppo": (
-            [Check("RM score", *run.trend("ppo", "objective/scores"), higher=True)],
-            [
-                Check(
-                    "mean RM score",
-                    _get(run.eval("ppo-before"), *reward, "reward_model", "mean"),
-                    _get(run.eval("ppo"), *reward, "reward_model", "mean"),
-                    higher=True,
-                )
-            ],
-        ),
-        "dpo": (
-            [Check("train margin", *run.trend("dpo", "rewards/margins"), higher=True)],
-            [  # the policy starts as the reference (the SFT model), so its margin over it starts at 0
-                Check(
-                    "DPO margin over SFT",
-                    0.0 if run.eval("dpo") else None,
-                    _get(run.eval("dpo"), "preference", "margin"),
-                    higher=True,
-                )
-            ],
-        ),
-        "grpo": (
-            [Check("mean reward", *run.trend("grpo", "reward"), higher=True)],
-            [
-                Check(
-                    f"mean {name}",
-                    _get(run.eval("grpo-before"), *reward, name, "mean"),
-                    _get(run.eval("grpo"), *reward, name, "mean"),
-                    higher=True,
-                )
-                for name in ("medical_accuracy", "choice_accuracy")
-            ],
-        ),
-        "orpo": (
-            [Check("train loss", *run.first_last("orpo", "loss"), higher=False)],
-            [
-                Check(
-                    "log-prob margin",
-                    _get(run.eval("orpo-before"), "preference", "margin"),
-                    _get(run.eval("orpo"), "preference", "margin"),
-                    higher=True,
-                )
-            ],
-        ),
-    }
-    return table[stage]
+    before_sft = "pt" if run.eval("pt") else "base"
+    rewards = ("prompts", "rewards")
+    if stage == "pt":
+        return [Check("train loss", *run.first_last("pt", "loss"), higher=False)], [
+            Check("text perplexity", *map(_ppl, run.first_last("pt", "eval_loss")), higher=False),
+            compare(run, "chat perplexity", "base", "pt", ("chat", "perplexity"), higher=False),
+        ]
+    if stage == "sft":
+        return [Check("train loss", *run.first_last("sft", "loss"), higher=False)], [
+            compare(run, "chat perplexity", before_sft, "sft", ("chat", "perplexity"), higher=False),
+            compare(run, "MCQ accuracy", before_sft, "sft", ("mcq", "accuracy"), higher=True),
+        ]
+    if stage == "rm":  # before: the trainer's evaluation at step 0 (random score head); after: evaluate_model.py
+        after = _get(run.eval("rm"), "preference", "accuracy")
+        return [Check("train accuracy", *run.trend("rm", "accuracy"), higher=True)], [
+            Check("pairwise accuracy", run.first_last("rm", "eval_accuracy")[0], after, higher=True)
+        ]
+    if stage == "ppo":
+        return [Check("RM score", *run.trend("ppo", "objective/scores"), higher=True)], [
+            compare(run, "mean RM score", "ppo-before", "ppo", (*rewards, "reward_model", "mean"), higher=True)
+        ]
+    if stage == "dpo":  # the policy starts as the reference (the SFT model), so its margin over it starts at 0
+        after = _get(run.eval("dpo"), "preference", "margin")
+        return [Check("train margin", *run.trend("dpo", "rewards/margins"), higher=True)], [
+            Check("DPO margin over SFT", None if after is None else 0.0, after, higher=True)
+        ]
+    if stage == "grpo":
+        return [Check("mean reward", *run.trend("grpo", "reward"), higher=True)], [
+            compare(run, f"mean {name}", "grpo-before", "grpo", (*rewards, name, "mean"), higher=True)
+            for name in ("medical_accuracy", "choice_accuracy")
+        ]
+    return [Check("train loss", *run.first_last("orpo", "loss"), higher=False)], [
+        compare(run, "log-prob margin", "orpo-before", "orpo", ("preference", "margin"), higher=True)
+    ]
 
 
 def verdict(checks: list[Check]) -> str:
