@@ -13,6 +13,7 @@ package.module:function), weighted by --reward_weights.
     python grpo_training.py --config grpo.yaml --beta 0.001    # CLI flags override the file
 """
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from medgpt import args, data, model, prompts, saving
 from medgpt.errors import UserError, run_cli
+from medgpt.generation import sampling_exactly_as_given
 from medgpt.rewards import RewardSettings, build_reward_funcs
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,25 @@ class GRPOArguments:
     system_prompt: str = field(default=THINK_THEN_ANSWER, metadata={"help": "System prompt for rows without one."})
     train_samples: int = field(default=-1, metadata={"help": "MedicalGPT's name for --max_train_samples (-1: all)."})
 
+# generate() settings that change the distribution answers are sampled from (beyond the temperature).
+SHAPING_SETTINGS = {
+    "top_p", "top_k", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_h", "repetition_penalty",
+    "no_repeat_ngram_size", "bad_words_ids", "sequence_bias", "suppress_tokens", "begin_suppress_tokens",
+    "min_length", "min_new_tokens", "exponential_decay_length_penalty", "guidance_scale", "num_beams",
+}  # fmt: skip
+
+
+def _as_dict(value: dict | str | None, flag: str) -> dict:
+    """A dict flag as given on the command line (JSON) or in a config file."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{flag} {value!r} is not JSON ({err}); write an object such as '{{\"key\": 1}}'.") from None
+    if value is not None and not isinstance(value, dict):
+        raise UserError(f"{flag} {value!r} must be a JSON object such as '{{\"key\": 1}}'.")
+    return value or {}
+
 
 class GRPOFlags(GRPOConfig):
     """GRPOConfig whose batch checks name our flags (TRL users' most frequent error) before TRL's own run."""
@@ -62,10 +83,40 @@ class GRPOFlags(GRPOConfig):
                 f"prompt must land in the same batch. Make the batch a multiple of {generations} (e.g. "
                 f"--per_device_train_batch_size {generations}) or change --num_generations."
             )
+        off_policy = [
+            f"--{name} {value} (leave it at {neutral})"
+            for name, value, neutral in (
+                ("top_p", self.top_p, 1.0),
+                ("top_k", self.top_k, 0),
+                ("min_p", self.min_p, None),
+                ("repetition_penalty", self.repetition_penalty, 1.0),
+            )
+            if value not in (neutral, None)
+        ]
+        off_policy += [
+            f"--generation_kwargs {key}={value} (leave it out)"
+            for key, value in _as_dict(self.generation_kwargs, "--generation_kwargs").items()
+            if key in SHAPING_SETTINGS
+        ]
+        if off_policy:
+            raise UserError(
+                f"{', '.join(off_policy)}: GRPO computes the answers' log-probs from logits / temperature alone, so "
+                "answers sampled under truncation or a penalty would be trained on off-policy without correction. "
+                "Lower --temperature for safer samples instead."
+            )
         try:
             super().__post_init__()
         except ValueError as err:
             raise UserError(f"invalid GRPO arguments: {err}") from None
+
+
+class OnPolicyGRPOTrainer(GRPOTrainer):
+    """TRL's GRPOTrainer, with rollouts sampled from exactly the settings TRL passes: nothing from the checkpoint's
+    generation_config.json (a repetition penalty, top-k, an n-gram ban) reshapes the distribution."""
+
+    def _generate_single_turn(self, *args, **kwargs):
+        with sampling_exactly_as_given(self.accelerator.unwrap_model(self.model)):
+            return super()._generate_single_turn(*args, **kwargs)
 
 
 ARG_TYPES = (args.ModelArguments, args.LoraArguments, args.DataArguments, args.ChatArguments, GRPOArguments, GRPOFlags)
@@ -78,7 +129,7 @@ DEFAULTS = {
 }
 
 
-def main(argv: list[str] | None = None) -> GRPOTrainer:
+def main(argv: list[str] | None = None) -> OnPolicyGRPOTrainer:
     model_args, lora_args, data_args, chat_args, grpo_args, training_args = args.parse(ARG_TYPES, argv, DEFAULTS)
     if grpo_args.train_samples > 0 and data_args.max_train_samples is None:
         data_args.max_train_samples = grpo_args.train_samples  # MedicalGPT's name
@@ -114,7 +165,7 @@ def main(argv: list[str] | None = None) -> GRPOTrainer:
             "tool definitions in the prompt rows are passed to the reward functions, not shown to the model"
         )
 
-    trainer = GRPOTrainer(
+    trainer = OnPolicyGRPOTrainer(
         model=model.load_model(model_args, lora_args, tokenizer, training_args),
         reward_funcs=reward_funcs,
         args=training_args,

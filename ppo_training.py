@@ -18,7 +18,7 @@ from transformers import AutoTokenizer, TrainingArguments
 from medgpt import args, data, model, prompts, saving
 from medgpt.errors import UserError, run_cli
 from medgpt.generation import stop_strings, stop_tokens
-from medgpt.ppo import PPOArguments, PPOTrainer
+from medgpt.ppo import REFERENCE_ADAPTER, PPOArguments, PPOTrainer
 from medgpt.scoring import RewardModelScorer
 
 ARG_TYPES = (
@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> PPOTrainer:
     policy = model.load_model(
         model_args, lora_args, tokenizer, training_args, ppo_args.max_source_length + ppo_args.response_length
     )
+    if lora_args.use_peft and lora_args.peft_path:
+        # The reference is the policy PPO starts from: base + the adapter it continues, kept frozen beside it.
+        policy.load_adapter(lora_args.peft_path, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
     critic = load_critic(
         model_args, lora_args, training_args, ppo_args.value_model_path or ppo_args.reward_model_path, tokenizer
     )

@@ -34,10 +34,11 @@ from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, sel
 
 from medgpt import ppo_math
 from medgpt.errors import UserError
-from medgpt.generation import cut_at_stop
+from medgpt.generation import cut_at_stop, sampling_exactly_as_given
 
 logger = logging.getLogger(__name__)
 VALUE_MODEL_DIR = "value_model"
+REFERENCE_ADAPTER = "reference"  # the frozen copy of a --peft_path adapter PPO starts from
 PPO_STATE = "ppo_state.json"
 
 
@@ -78,7 +79,10 @@ class PPOArguments:
         default=None, metadata={"help": "Subtracted from the score of answers that hit the length limit unfinished."}
     )
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the rollouts."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass of the rollouts."})
+    top_p: float = field(
+        default=1.0,
+        metadata={"help": "Must stay 1.0: the ratio and KL are computed on the whole distribution, not a nucleus."},
+    )
     system_prompt: str = field(default="", metadata={"help": "System prompt for prompts that have none."})
 
     def __post_init__(self) -> None:
@@ -92,7 +96,13 @@ class PPOArguments:
                 ("num_ppo_epochs", self.num_ppo_epochs, self.num_ppo_epochs >= 1, ">= 1"),
                 ("num_mini_batches", self.num_mini_batches, self.num_mini_batches >= 1, ">= 1"),
                 ("temperature", self.temperature, self.temperature > 0, "> 0 (PPO samples its rollouts)"),
-                ("top_p", self.top_p, 0 < self.top_p <= 1, "in (0, 1]"),
+                (
+                    "top_p",
+                    self.top_p,
+                    self.top_p == 1,
+                    "1.0: PPO's ratio, KL and entropy are computed on the policy's whole distribution (logits / "
+                    "temperature), so answers sampled from a nucleus would be off-policy; lower --temperature instead",
+                ),
                 ("kl_estimator", self.kl_estimator, self.kl_estimator in ("k1", "k3"), "k1 or k3"),
                 ("kl_target", self.kl_target, self.kl_target is None or self.kl_target > 0, "> 0"),
                 ("total_episodes", self.total_episodes, self.total_episodes is None or self.total_episodes > 0, "> 0"),
@@ -159,7 +169,9 @@ class PPOTrainer(Trainer):
         for module in (policy, critic):
             disable_dropout_in_model(module)  # dropout would make rollout and update log-probs disagree
         super().__init__(model=PolicyAndValue(policy, critic), data_collator=self._collate, **trainer_kwargs)
-        self.ref_policy = ref_policy  # None: the policy with its LoRA adapter switched off
+        # None: the policy with its LoRA adapter switched off, or with the frozen REFERENCE_ADAPTER where the policy
+        # continues an adapter (--peft_path): the reference is always the policy PPO starts from.
+        self.ref_policy = ref_policy
         if ref_policy is not None:
             ref_policy.requires_grad_(False).eval().to(self.args.device)
         self.scorer, self.ppo_args = scorer, ppo_args
@@ -284,7 +296,7 @@ class PPOTrainer(Trainer):
         ppo = self.ppo_args
         # 1. generate
         started = time.time()
-        queries, responses = self.generate(model, batch)
+        queries, query_mask, responses = self.generate(model, batch)
         mask, ended = ppo_math.response_mask(responses, self.stop_ids, self.processing_class.pad_token_id)
         generation_seconds = time.time() - started
         # 2. score, and the log-probs and values of the rollout
@@ -294,7 +306,7 @@ class PPOTrainer(Trainer):
         if ppo.missing_eos_penalty is not None:
             scores = scores - ppo.missing_eos_penalty * (~ended).float()
         with torch.no_grad():
-            logprobs, values, ref_logprobs, entropy = self.rollout_forward(model, queries, responses)
+            logprobs, values, ref_logprobs, entropy = self.rollout_forward(model, queries, query_mask, responses)
         # 3. advantages
         kl = ppo_math.kl_estimate(logprobs, ref_logprobs, ppo.kl_estimator) * mask
         rewards = ppo_math.token_rewards(scores, kl, mask, self.kl_ctl.value)
@@ -305,6 +317,7 @@ class PPOTrainer(Trainer):
         # 4. update
         rollout = {
             "queries": queries,
+            "query_mask": query_mask,
             "responses": responses,
             "mask": mask,
             "logprobs": logprobs,
@@ -335,40 +348,33 @@ class PPOTrainer(Trainer):
         self.kl_ctl.update(metrics["objective/kl"], self.rollout_size * self.args.world_size)
         return metrics
 
-    def generate(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(queries [B, Lq] left-padded, responses [B, response_length] right-padded) sampled with the KV cache."""
+    def generate(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(queries [B, Lq] left-padded, their attention mask [B, Lq], responses [B, response_length] right-padded),
+        sampled with the KV cache from softmax(logits / temperature) and no other logits processor: exactly the
+        distribution `forward` computes log-probs from."""
         ppo, tokenizer = self.ppo_args, self.processing_class
         queries = batch["input_ids"].to(self.args.device)
+        query_mask = batch["attention_mask"].to(self.args.device)
         with unwrap_model_for_generation(model, self.accelerator) as unwrapped:
             unwrapped.eval()
-            output = unwrapped.policy.generate(
-                input_ids=queries,
-                attention_mask=batch["attention_mask"].to(self.args.device),
-                max_new_tokens=ppo.response_length,
-                min_new_tokens=1,
-                do_sample=True,
-                temperature=ppo.temperature,
-                top_p=ppo.top_p,
-                top_k=0,
-                use_cache=True,
-                eos_token_id=self.stop_ids,
-                pad_token_id=tokenizer.pad_token_id,
-                **({"stop_strings": self.stop_strings, "tokenizer": tokenizer} if self.stop_strings else {}),
-            )
+            with sampling_exactly_as_given(unwrapped.policy):
+                output = unwrapped.policy.generate(
+                    input_ids=queries,
+                    attention_mask=query_mask,
+                    max_new_tokens=ppo.response_length,
+                    do_sample=True,
+                    temperature=ppo.temperature,
+                    top_k=0,
+                    top_p=1.0,
+                    use_cache=True,
+                    eos_token_id=self.stop_ids,
+                    pad_token_id=tokenizer.pad_token_id,
+                    **({"stop_strings": self.stop_strings, "tokenizer": tokenizer} if self.stop_strings else {}),
+                )
             unwrapped.train()
         responses = output[:, queries.shape[1] :]
         padding = ppo.response_length - responses.shape[1]
-        return queries, nn.functional.pad(responses, (0, padding), value=tokenizer.pad_token_id)
-
-    def decode(self, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:
-        """The answers as text, without the stop token (the reward model's template adds its own)."""
-        texts = []
-        for ids, row_mask in zip(responses, mask, strict=True):
-            text = self.processing_class.decode(ids[row_mask], skip_special_tokens=True)
-            for stop in self.stop_strings:
-                text = text.split(stop)[0]
-            texts.append(text.strip())
-        return texts
+        return queries, query_mask, nn.functional.pad(responses, (0, padding), value=tokenizer.pad_token_id)
 
     def answers(self, responses: torch.Tensor, mask: torch.Tensor) -> tuple[list[str], torch.Tensor]:
         """The answers as text without their stop string (the reward model's template adds its own), and [B]
@@ -379,37 +385,51 @@ class PPOTrainer(Trainer):
         ended = torch.tensor([any(stop in text for stop in self.stop_strings) for text in texts], dtype=torch.bool)
         return [cut_at_stop(text, self.stop_strings) for text in texts], ended
 
-    def forward(self, model, queries: torch.Tensor, responses: torch.Tensor):
-        """Response-token logits [B, T, V] (scaled by the sampling temperature) and values [B, T]."""
+    def forward(self, model, queries: torch.Tensor, query_mask: torch.Tensor, responses: torch.Tensor):
+        """Response-token logits [B, T, V] (scaled by the sampling temperature) and values [B, T].
+
+        The prompt's mask is the collator's (what `generate` attended to), never one rebuilt from token values: where
+        pad is the end-of-turn token (pad = eos), every turn end inside a prompt would be hidden. Every response
+        position is attended to, as in `generate`; the response mask cuts what follows the stop token later."""
         input_ids = torch.cat([queries, responses], dim=1)
-        attention_mask = (input_ids != self.processing_class.pad_token_id).long()
-        attention_mask[:, queries.shape[1] :] = 1  # a generated pad-like token still counts until the mask cuts it
-        attention_mask[:, : queries.shape[1]] = (queries != self.processing_class.pad_token_id).long()
+        attention_mask = torch.cat([query_mask.long(), torch.ones_like(responses)], dim=1)
         position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
         logits, values = model(input_ids, attention_mask, position_ids)
         context = queries.shape[1] - 1
         logits = logits[:, context:-1].float() / (self.ppo_args.temperature + 1e-7)
         return logits, values[:, context:-1], (input_ids, attention_mask, position_ids)
 
-    def rollout_forward(self, model, queries: torch.Tensor, responses: torch.Tensor):
+    def rollout_forward(self, model, queries: torch.Tensor, query_mask: torch.Tensor, responses: torch.Tensor):
         """Log-probs of the sampled tokens under the policy and the reference, values and entropies, all [B, T],
         computed in micro-batches."""
         chunks = []
         size = self.args.per_device_train_batch_size
         policy = self.accelerator.unwrap_model(model).policy
         for start in range(0, len(queries), size):
-            q, r = queries[start : start + size], responses[start : start + size]
-            logits, values, (ids, attention, positions) = self.forward(model, q, r)
+            q, qm, r = (t[start : start + size] for t in (queries, query_mask, responses))
+            logits, values, (ids, attention, positions) = self.forward(model, q, qm, r)
             logprobs = selective_log_softmax(logits, r)
             entropy = entropy_from_logits(logits)
-            if self.ref_policy is None:
-                with policy.disable_adapter():
-                    ref_logits = policy(input_ids=ids, attention_mask=attention, position_ids=positions).logits
-            else:
-                ref_logits = self.ref_policy(input_ids=ids, attention_mask=attention, position_ids=positions).logits
+            with self.reference(policy) as reference:
+                ref_logits = reference(input_ids=ids, attention_mask=attention, position_ids=positions).logits
             ref_logits = ref_logits[:, q.shape[1] - 1 : -1].float() / (self.ppo_args.temperature + 1e-7)
             chunks.append((logprobs, values, selective_log_softmax(ref_logits, r), entropy))
         return tuple(torch.cat(parts) for parts in zip(*chunks, strict=True))
+
+    @contextlib.contextmanager
+    def reference(self, policy: nn.Module):
+        """The reference policy (the policy as PPO started), for a no-grad forward inside this block."""
+        if self.ref_policy is not None:
+            yield self.ref_policy
+        elif REFERENCE_ADAPTER in getattr(policy, "peft_config", {}):
+            policy.set_adapter(REFERENCE_ADAPTER, inference_mode=True)
+            try:
+                yield policy
+            finally:
+                policy.set_adapter("default")  # trainable again; the reference adapter stays frozen
+        else:
+            with policy.disable_adapter():
+                yield policy
 
     def update(self, model, rollout: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """num_ppo_epochs passes over shuffled minibatches; one optimizer step per minibatch."""
@@ -426,7 +446,9 @@ class PPOTrainer(Trainer):
                     sync = contextlib.nullcontext() if last or deepspeed else self.accelerator.no_sync(model)
                     with sync:
                         part = {name: value[rows] for name, value in rollout.items()}
-                        logits, values, _ = self.forward(model, part["queries"], part["responses"])
+                        logits, values, _ = self.forward(
+                            model, part["queries"], part["query_mask"], part["responses"]
+                        )
                         logprobs = selective_log_softmax(logits, part["responses"])
                         pg_loss, pg_stats = ppo_math.policy_loss(
                             logprobs, part["logprobs"], part["advantages"], part["mask"], ppo.cliprange
@@ -460,7 +482,7 @@ class PPOTrainer(Trainer):
         scores, lengths = [], []
         for start in range(0, len(dataset), size):
             batch = self._collate([dataset[i] for i in range(start, min(start + size, len(dataset)))])
-            _, responses = self.generate(self.model_wrapped, batch)
+            _, _, responses = self.generate(self.model_wrapped, batch)
             mask, _ = ppo_math.response_mask(responses, self.stop_ids, self.processing_class.pad_token_id)
             scores += self.scorer(batch["prompt"], self.answers(responses, mask)[0], batch["tools"])
             lengths += mask.sum(1).tolist()
@@ -490,7 +512,9 @@ class PPOTrainer(Trainer):
             ("critic", wrapper.critic, Path(output_dir, VALUE_MODEL_DIR)),
         ):
             own = {k[len(name) + 1 :]: v for k, v in state_dict.items() if k.startswith(f"{name}.")}
-            module.save_pretrained(folder, state_dict=own, safe_serialization=True)
+            # Only the trained adapter: a --peft_path policy also holds its frozen starting copy (the reference).
+            adapters = {"selected_adapters": ["default"]} if hasattr(module, "peft_config") else {}
+            module.save_pretrained(folder, state_dict=own, safe_serialization=True, **adapters)
         self.processing_class.save_pretrained(output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:

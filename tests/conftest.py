@@ -51,6 +51,45 @@ def reward_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def eos_padded_policy(tiny_model_dir, tmp_path_factory):
+    """The tiny model with pad == eos (<|im_end|>, as SmolLM2 and Llama-3 set it) and a checkpoint generation_config
+    that would reshape sampling: a repetition penalty and top-k, as Qwen2.5-Instruct ships."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    out = tmp_path_factory.mktemp("eos_pad") / "policy"
+    shutil.copytree(tiny_model_dir, out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.save_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config = GenerationConfig(
+        do_sample=True, temperature=0.6, repetition_penalty=1.3, top_k=5, top_p=0.8,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    model.save_pretrained(out)
+    return out
+
+
+def record_sampling(monkeypatch) -> list:
+    """Every generate call records (sequences, processed scores): the distribution each token was drawn from."""
+    from transformers.generation.utils import GenerationMixin
+
+    calls = []
+    original = GenerationMixin.generate
+
+    def generate(self, *args, **kwargs):
+        output = original(self, *args, **kwargs, return_dict_in_generate=True, output_scores=True)
+        calls.append((output.sequences, torch.stack(output.scores, dim=1)))
+        return output.sequences
+
+    monkeypatch.setattr(GenerationMixin, "generate", generate)
+    return calls
+
+
+@pytest.fixture(scope="session")
 def reference_data() -> Path:
     if not REFERENCE_DATA.is_dir():
         pytest.skip("MedicalGPT reference data (../shared/reference) is not present")

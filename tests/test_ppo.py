@@ -1,0 +1,99 @@
+"""PPOTrainer feeds its maths what was sampled: the prompt mask generate attended to (pad == eos too), rollouts drawn
+from softmax(logits / T) alone whatever the checkpoint's generation_config says, and a reference that is the policy
+PPO starts from when it continues an adapter (--peft_path)."""
+
+import pytest
+import torch
+from conftest import record_sampling, write_jsonl
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+import ppo_training
+from medgpt.ppo import PPOTrainer
+
+QUIET = ["--report_to", "none", "--disable_tqdm", "True", "--validation_split_percentage", "0"]
+PROMPTS = [
+    {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": q}]}
+    for q in ("I have a fever.", "My knee hurts.", "发烧三天了怎么办？", "Is aspirin safe?")
+]
+
+
+def record_rollouts(monkeypatch) -> list:
+    rollouts = []
+    original = PPOTrainer.rollout_forward
+
+    def rollout_forward(self, model, queries, query_mask, responses):
+        result = original(self, model, queries, query_mask, responses)
+        rollouts.append((queries, query_mask, responses, *result))
+        return result
+
+    monkeypatch.setattr(PPOTrainer, "rollout_forward", rollout_forward)
+    return rollouts
+
+
+def ppo_argv(policy, reward_dir, prompts, out, *extra):
+    return [
+        "--sft_model_path", str(policy), "--reward_model_path", str(reward_dir), "--template_name", "chatml",
+        "--train_file_dir", str(prompts), "--output_dir", str(out), "--response_length", "12",
+        "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2", "--temperature", "0.9",
+        "--max_steps", "2", "--num_ppo_epochs", "1", "--save_strategy", "no", *QUIET, *extra,
+    ]  # fmt: skip
+
+
+def test_rollout_log_probs_are_the_sampling_distributions(eos_padded_policy, reward_dir, tmp_path, monkeypatch):
+    write_jsonl(tmp_path / "prompts" / "train.jsonl", PROMPTS)
+    sampled, rollouts = record_sampling(monkeypatch), record_rollouts(monkeypatch)
+    ppo_training.main(ppo_argv(eos_padded_policy, reward_dir, tmp_path / "prompts", tmp_path / "out"))
+    assert len(sampled) == len(rollouts) == 2
+    tokenizer = AutoTokenizer.from_pretrained(eos_padded_policy)
+    hidden_turn_ends = 0
+    for (sequences, scores), (queries, query_mask, responses, logprobs, *_) in zip(sampled, rollouts, strict=True):
+        # The prompt holds turn ends that equal pad; the mask PPO used still attends to them.
+        turn_ends = (queries == tokenizer.pad_token_id) & query_mask.bool()
+        hidden_turn_ends += int(turn_ends.sum())
+        steps = scores.shape[1]
+        assert torch.equal(sequences[:, queries.shape[1] :], responses[:, :steps])
+        sampling = torch.log_softmax(scores.float(), dim=-1).gather(-1, responses[:, :steps, None]).squeeze(-1)
+        real = sampling > -1e9  # generate's scores after a row finished are of no interest
+        mask = torch.ones_like(real)
+        for row, ids in enumerate(responses[:, :steps]):
+            stop = (ids == tokenizer.eos_token_id).nonzero()
+            if len(stop):
+                mask[row, stop[0, 0] + 1 :] = False
+        assert (real | ~mask).all(), "a sampled token the checkpoint's top-k would have cut"
+        assert torch.allclose(logprobs[:, :steps][mask], sampling[mask], atol=1e-4), (
+            (logprobs[:, :steps][mask] - sampling[mask]).abs().max()
+        )
+    assert hidden_turn_ends >= 8, "every prompt has two turn ends (system, user) that equal the pad id"
+    # The checkpoint's sampling settings are back on the saved model, for inference.
+    saved = GenerationConfig.from_pretrained(eos_padded_policy)
+    assert saved.repetition_penalty == 1.3 and saved.top_k == 5
+
+
+def test_continued_adapter_is_its_own_reference(eos_padded_policy, reward_dir, tmp_path, monkeypatch):
+    """--peft_path: at the first rollout the policy is its reference (KL 0), and only the trained adapter is saved."""
+    from peft import LoraConfig, get_peft_model
+
+    write_jsonl(tmp_path / "prompts" / "train.jsonl", PROMPTS)
+    torch.manual_seed(1)
+    start = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(eos_padded_policy),
+        LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False),  # far from the base on purpose
+    )
+    start.save_pretrained(tmp_path / "start")
+    rollouts = record_rollouts(monkeypatch)
+    out = tmp_path / "out"
+    trainer = ppo_training.main(
+        ppo_argv(eos_padded_policy, reward_dir, tmp_path / "prompts", out, "--peft_path", str(tmp_path / "start"))
+    )
+    _, _, _, logprobs, _, ref_logprobs, _ = rollouts[0]
+    assert torch.allclose(logprobs, ref_logprobs, atol=1e-5), "the reference is the adapter PPO starts from"
+    policy = trainer.accelerator.unwrap_model(trainer.model).policy
+    ids = torch.tensor([[5, 17, 42, 99]])
+    with policy.disable_adapter():
+        base_logits = policy(input_ids=ids).logits
+    with trainer.reference(policy) as reference:
+        assert not torch.allclose(reference(input_ids=ids).logits, base_logits), "the base is not the reference"
+    assert trainer.state.log_history[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "reference").exists()
+    assert not any(p.requires_grad for name, p in policy.named_parameters() if ".reference." in name)
+    assert any(p.requires_grad for name, p in policy.named_parameters() if ".default." in name)
