@@ -16,7 +16,7 @@ from medgpt.engine import ChatEngine, EngineArguments
 from medgpt.errors import run_cli
 from medgpt.evaluation import EvalArguments
 from medgpt.model import load_saved
-from medgpt.rewards import completion_text
+from medgpt.answers import completion_text
 from medgpt.saving import save_template
 from medgpt.scoring import RewardModelScorer
 from medgpt.tokenization import IGNORE_INDEX, encode_chat

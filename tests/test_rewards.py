@@ -6,16 +6,10 @@ import types
 
 import pytest
 
+from medgpt.answers import completion_text
+from medgpt.answers import final_answer
 from medgpt.errors import UserError
-from medgpt.rewards import (
-    REWARD_FUNCTIONS,
-    RewardSettings,
-    answer_part,
-    build_reward_funcs,
-    choice_accuracy,
-    completion_text,
-    medical_accuracy,
-)
+from medgpt.rewards import REWARD_FUNCTIONS, RewardSettings, build_reward_funcs, choice_accuracy, medical_accuracy
 
 REFERENCE = "位于第2肋间隙，距前正中线4寸。"  # tokens: 位 于 第 2 肋 间 隙 距 前 正 中 线 4 寸
 OPTIONS = json.dumps({"A": "阿莫西林", "B": "布洛芬", "C": "对乙酰氨基酚"}, ensure_ascii=False)
@@ -30,13 +24,13 @@ def score(func, completion, answer, options=""):
     return func(prompts=["q"], completions=[completion], answer=[answer], options=[options])[0]
 
 
-def test_completion_text_and_answer_part():
+def test_completion_text_and_final_answer():
     assert completion_text("plain") == "plain"
     assert completion_text([{"role": "assistant", "content": "from a chat"}]) == "from a chat"
-    assert answer_part("<think>\nreasoning\n</think>\n<answer> B </answer>") == "B"
-    assert answer_part("<think>reasoning</think>\n final text ") == "final text"
-    assert answer_part("reasoning only, the template opened it</think>B") == "B"
-    assert answer_part("<think>cut off by the length limit") == ""
+    assert final_answer("<think>\nreasoning\n</think>\n<answer> B </answer>") == "B"
+    assert final_answer("<think>reasoning</think>\n final text ") == "final text"
+    assert final_answer("reasoning only, the template opened it</think>B") == "B"
+    assert final_answer("<think>cut off by the length limit") == ""
 
 
 def test_medical_accuracy_exact_and_contained():
@@ -46,10 +40,11 @@ def test_medical_accuracy_exact_and_contained():
 
 
 def test_medical_accuracy_partial_chinese_hand_computed():
-    # 第2肋间隙 (5 tokens) of 14: P = 1, R = 5/14 -> F1 = 10/19; bigrams 4 of 4 vs 13 -> F1 = 8/17.
-    assert score(medical_accuracy, "第2肋间隙", REFERENCE) == pytest.approx((10 / 19 + 8 / 17) / 2)
-    partial = score(medical_accuracy, "在第3肋间隙，乳头直下。", REFERENCE)
-    assert 0.2 < partial < 0.9
+    # 第2肋间隙 (5 tokens) of 14: P = 1, R = 5/14 -> F1 = 10/19; bigrams 4 of 4 vs 13 -> F1 = 8/17; it gets one of
+    # the reference's two numbers (2, 4) right: x 1/2.
+    assert score(medical_accuracy, "第2肋间隙", REFERENCE) == pytest.approx((10 / 19 + 8 / 17) / 4)
+    # The wrong intercostal space is a wrong answer, however many characters it shares.
+    assert score(medical_accuracy, "在第3肋间隙，乳头直下。", REFERENCE) == 0.0
 
 
 def test_medical_accuracy_unrelated_is_low_and_scores_are_graded():
@@ -57,8 +52,8 @@ def test_medical_accuracy_unrelated_is_low_and_scores_are_graded():
     completions = [
         REFERENCE,
         "第2肋间隙，前正中线旁开4寸",
-        "胸部，第二肋间，距中线四寸",
-        "在第5肋间隙",
+        "胸部，第二肋间，距中线四寸",  # Chinese numbers read as digits
+        "第2肋间隙",
         "不知道",
     ]
     scores = [score(medical_accuracy, c, REFERENCE) for c in completions]
@@ -100,9 +95,12 @@ def test_choice_accuracy_formats(answer, letter):
 
 
 def test_choice_accuracy_multi_letter_option_text_and_abstain():
-    assert score(choice_accuracy, "Answer: A and C", "AC") == 1.0
-    assert score(choice_accuracy, "答案是 C、A", "AC") == 1.0
-    assert score(choice_accuracy, "Answer: A", "AC") == 0.0
+    four = json.dumps({"A": "发热", "B": "咳嗽", "C": "头痛", "D": "乏力"}, ensure_ascii=False)
+    assert score(choice_accuracy, "Answer: A and C", "AC", four) == 1.0
+    assert score(choice_accuracy, "答案是 C、A", "AC", four) == 1.0
+    assert score(choice_accuracy, "Answer: A", "AC", four) == 0.0
+    assert score(choice_accuracy, "Answer: A and C", "A, C") == 1.0  # separated letters need no options
+    assert score(choice_accuracy, "A", "AC") is None  # without options a letter run may be an acronym
     assert score(choice_accuracy, "<think>两者都可退热</think><answer>布洛芬</answer>", "B", OPTIONS) == 1.0
     assert score(choice_accuracy, "对乙酰氨基酚", "B", OPTIONS) == 0.0
     assert score(choice_accuracy, "The answer is a fever.", "A") == 0.0  # the article "a" is no choice
