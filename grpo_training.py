@@ -47,6 +47,7 @@ class GRPOArguments:
     system_prompt: str = field(default=THINK_THEN_ANSWER, metadata={"help": "System prompt for rows without one."})
     train_samples: int = field(default=-1, metadata={"help": "MedicalGPT's name for --max_train_samples (-1: all)."})
 
+
 # generate() settings that change the distribution answers are sampled from (beyond the temperature).
 SHAPING_SETTINGS = {
     "top_p", "top_k", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_h", "repetition_penalty",
@@ -61,7 +62,9 @@ def _as_dict(value: dict | str | None, flag: str) -> dict:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as err:
-            raise UserError(f"{flag} {value!r} is not JSON ({err}); write an object such as '{{\"key\": 1}}'.") from None
+            raise UserError(
+                f"{flag} {value!r} is not JSON ({err}); write an object such as '{{\"key\": 1}}'."
+            ) from None
     if value is not None and not isinstance(value, dict):
         raise UserError(f"{flag} {value!r} must be a JSON object such as '{{\"key\": 1}}'.")
     return value or {}

@@ -18,7 +18,8 @@ from typing import Literal
 import torch
 from transformers import AutoConfig
 
-from medgpt import args, saving
+from medgpt import args
+from medgpt.chat import read_template_name, save_template
 from medgpt.errors import UserError, run_cli
 from medgpt.model import load_saved
 
@@ -127,9 +128,9 @@ def main(argv: list[str] | None = None) -> Path:
     try:
         merged.to(saved_dtype).save_pretrained(staging, max_shard_size="5GB")
         tokenizer.save_pretrained(staging)
-        name, tool_format = saving.read_template_name(merge_args.lora_model)
+        name, tool_format = read_template_name(merge_args.lora_model)
         if name:
-            saving.save_template(staging, name, tool_format)
+            save_template(staging, name, tool_format)
         if merge_args.trust_remote_code and Path(merge_args.base_model).is_dir():
             for code in Path(merge_args.base_model).glob("*.py"):  # remote-code models need their modelling files
                 shutil.copy(code, staging)

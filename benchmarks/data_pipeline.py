@@ -9,19 +9,16 @@ on a fresh datasets cache, so the figures are cold-cache numbers.
 import argparse
 import json
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from transformers import AutoTokenizer
 
-from transformers import AutoTokenizer  # noqa: E402
-
-from medgpt.args import DataArguments  # noqa: E402
-from medgpt.data import load_datasets  # noqa: E402
-from medgpt.tokenization import pack, tokenize_sft  # noqa: E402
-from template import get_template  # noqa: E402
+from medgpt.args import DataArguments
+from medgpt.chat import get_template
+from medgpt.data import load_datasets
+from medgpt.tokenization import pack, tokenize_sft
 
 SENTENCES = [
     "The patient reports a fever of 38.5°C and a dry cough for three days.",

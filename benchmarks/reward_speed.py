@@ -10,11 +10,9 @@ would stall every rank of a GRPO run. Target: every call under 50 ms. Prints a t
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from medgpt.rewards import RewardSettings, build_reward_funcs
 
 OPTIONS = json.dumps({"A": "aspirin", "B": "ibuprofen", "C": "paracetamol", "D": "morphine"})

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 SAMPLE = ROOT.parent / "shared" / "reference" / "medicalgpt-data" / "sft" / "medical_sft_1K_format.jsonl"
 # name: (flags of supervised_finetuning.py, environment). All share LoRA r8 on every linear layer, fp32, the batch

@@ -65,7 +65,7 @@ def final_answer(text: str) -> str:
 
 
 def think_answer_format(text: str) -> bool:
-    """Exactly one non-empty `<think>` block followed by exactly one non-empty `<answer>` block, nothing around them."""
+    """Exactly one non-empty `<think>` block, then exactly one non-empty `<answer>` block, nothing around them."""
     if any(text.count(tag) != 1 for tag in ("<think>", "</think>", "<answer>", "</answer>")):
         return False
     match = re.fullmatch(r"\s*<think>(.*)</think>\s*<answer>(.*)</answer>\s*", text, re.DOTALL)
@@ -132,7 +132,9 @@ VERDICT_AFTER = re.compile(
     r"(?:正确|对(?:的|了)?(?![\u3400-\u9fff])|最佳|最合适|最恰当|最可能|correct|right|true|best|most likely|answer)",
     re.IGNORECASE,
 )
-MARKER_AFTER = re.compile(r"[)\]]?\s*[.:、．):]\s*(?=[^\s.。])")  # "A. aspirin", "(B) fever", "C、发热": an option's label
+MARKER_AFTER = re.compile(
+    r"[)\]]?\s*[.:、．):]\s*(?=[^\s.。])"
+)  # "A. aspirin", "(B) fever", "C、发热": an option's label
 BOXED = re.compile(r"\\boxed\{([^{}]{0,40})\}")
 ALNUM_RUN = re.compile(r"[A-Za-z0-9]+")
 LETTER_RUN = re.compile(r"(?<![A-Za-z0-9])(?:[A-Za-z]|[A-Z]{2,8})(?![A-Za-z0-9])")
@@ -232,7 +234,9 @@ def _option_texts(answer: str, options: dict[str, str]) -> frozenset[str]:
             position, checked = folded.rfind(needle, 0, position), checked + 1
     # "高热" inside "持续高热" is not a second choice.
     return frozenset(
-        letter for letter, text in named.items() if not any(text != other and text in other for other in named.values())
+        letter
+        for letter, text in named.items()
+        if not any(text != other and text in other for other in named.values())
     )
 
 
@@ -298,7 +302,7 @@ CLAUSE_SEPARATOR = re.compile(r"[。！？!?;\n,]|(?<![a-z])(?:but|instead)(?![a
 
 @functools.lru_cache(maxsize=1024)
 def _chinese_number(text: str) -> str:
-    """"二十五" -> "25", "十" -> "10", "两" -> "2", "一百" -> "100" (at most hundreds)."""
+    """ "二十五" -> "25", "十" -> "10", "两" -> "2", "一百" -> "100" (at most hundreds)."""
     total, digit = 0, 0
     for char in text:
         if char in CHINESE_DIGITS:

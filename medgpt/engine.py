@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, set_seed
 
+from medgpt.chat import TOOL_FORMATS, parse_tool_calls
 from medgpt.generation import cut_at_stop, generation_kwargs, stop_strings
-from template import TOOL_FORMATS, parse_tool_calls
 
 
 @dataclass

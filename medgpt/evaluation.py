@@ -33,10 +33,10 @@ from tqdm import tqdm
 
 from medgpt import data
 from medgpt.args import DTYPES
+from medgpt.chat import split_answer
 from medgpt.engine import ChatEngine, EngineArguments, PromptTooLong
 from medgpt.errors import UserError
 from medgpt.formats import ANSWER_KEYS, ReadReport, RowError
-from medgpt.preference import split_answer
 from medgpt.tokenization import IGNORE_INDEX, encode_chat, encode_segments
 
 logger = logging.getLogger(__name__)

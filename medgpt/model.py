@@ -18,8 +18,8 @@ from transformers import (
 )
 
 from medgpt.args import ChatArguments, LoraArguments, ModelArguments, is_distributed
+from medgpt.chat import get_template, read_template_name, with_tool_format
 from medgpt.errors import UserError
-from template import get_template, with_tool_format
 
 logger = logging.getLogger(__name__)
 
@@ -289,8 +289,6 @@ def load_saved(
         rm, rm_tokenizer, rm_template = load_saved("merged-sft", "outputs-rm", task="reward")
     """
     from peft import PeftModel
-
-    from medgpt.saving import read_template_name
 
     for flag, folder in zip(flags, (model_dir, lora_model), strict=True):
         if folder and not Path(folder).is_dir() and (folder.startswith((".", "/", "~")) or folder.count("/") > 1):

@@ -446,9 +446,7 @@ class PPOTrainer(Trainer):
                     sync = contextlib.nullcontext() if last or deepspeed else self.accelerator.no_sync(model)
                     with sync:
                         part = {name: value[rows] for name, value in rollout.items()}
-                        logits, values, _ = self.forward(
-                            model, part["queries"], part["query_mask"], part["responses"]
-                        )
+                        logits, values, _ = self.forward(model, part["queries"], part["query_mask"], part["responses"])
                         logprobs = selective_log_softmax(logits, part["responses"])
                         pg_loss, pg_stats = ppo_math.policy_loss(
                             logprobs, part["logprobs"], part["advantages"], part["mask"], ppo.cliprange

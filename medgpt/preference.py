@@ -16,6 +16,7 @@ from datasets import Dataset
 
 from medgpt import data
 from medgpt.args import PreferenceArguments
+from medgpt.chat import split_answer
 from medgpt.tokenization import map_and_drop_empty
 
 logger = logging.getLogger(__name__)
@@ -31,13 +32,6 @@ def align_eos_with_template(tokenizer, template) -> None:
             return
         if stop == tokenizer.eos_token:
             return
-
-
-def split_answer(template, prompt: list[dict], answer: dict, tools: list | None) -> tuple[str, str]:
-    """(prompt text, answer text) where the answer text is the trained part: the answer and its stop string."""
-    segments = template.segments(prompt + [answer], tools)
-    last = max(i for i, (_, supervised) in enumerate(segments) if supervised)
-    return "".join(text for text, _ in segments[:last]), segments[last][0]
 
 
 def _tokens(tokenizer, text: str) -> tuple[list[int], list[int]]:

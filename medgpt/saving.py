@@ -2,7 +2,6 @@
 trainer state, metrics, TensorBoard events (via report_to) and a PNG of the loss curves."""
 
 import errno
-import json
 import logging
 import math
 import os
@@ -13,12 +12,12 @@ from pathlib import Path
 
 from transformers import Trainer
 
+from medgpt.chat import save_template
 from medgpt.errors import Interrupted, UserError
 from medgpt.faults import FaultGuard
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE_FILE = "template_config.json"
 STAGING_DIR = ".saving"  # the final model is written here first, then moved into output_dir (see publish)
 MARKERS = ("adapter_config.json", "config.json")  # what loaders look for: removed first, moved in last
 # Each PNG and the logged values it draws (label -> log key); a PNG is written when any of its keys was logged.
@@ -34,20 +33,6 @@ PLOTS = {
         },
     ),
 }
-
-
-def save_template(output_dir: str | Path, template_name: str, tool_format: str | None = None) -> None:
-    """Record which template the model was trained with, so merge and inference need no --template_name."""
-    record = {"template_name": template_name, "tool_format": tool_format}
-    Path(output_dir, TEMPLATE_FILE).write_text(json.dumps(record, indent=2) + "\n")
-
-
-def read_template_name(model_dir: str | Path) -> tuple[str | None, str | None]:
-    file = Path(model_dir, TEMPLATE_FILE)
-    if not file.is_file():
-        return None, None
-    record = json.loads(file.read_text())
-    return record.get("template_name"), record.get("tool_format")
 
 
 def plot_curves(log_history: list[dict], output_dir: str | Path) -> list[Path]:

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
+from medgpt.chat import split_answer
 from medgpt.errors import UserError
-from medgpt.preference import split_answer
 
 Conversation = list[dict[str, Any]]
 

@@ -38,7 +38,7 @@ def reward_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """A one-score classifier on the tiny model, saved with its template (chatml) as reward_modeling.py does."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from medgpt.saving import save_template
+    from medgpt.chat import save_template
 
     out = tmp_path_factory.mktemp("rm")
     torch.manual_seed(0)

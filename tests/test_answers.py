@@ -14,7 +14,9 @@ DRUGS = json.dumps({"A": "阿司匹林", "B": "布洛芬", "C": "对乙酰氨基
 EN = json.dumps({"A": "aspirin", "B": "ibuprofen", "C": "paracetamol", "D": "morphine"})
 TESTS = json.dumps({"A": "ECG", "B": "chest X-ray", "C": "troponin", "D": "D-dimer", "E": "echocardiogram"})
 ROOT = Path(__file__).resolve().parents[1]
-REWARDS = {f.__name__: f for f in build_reward_funcs(["choice_accuracy", "medical_accuracy", "format"], RewardSettings())}
+REWARDS = {
+    f.__name__: f for f in build_reward_funcs(["choice_accuracy", "medical_accuracy", "format"], RewardSettings())
+}
 
 # (reward, completion, reference, options, expected reward)
 CASES = [

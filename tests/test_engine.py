@@ -4,8 +4,8 @@ import threading
 
 import pytest
 
+from medgpt.chat import TOOL_FORMATS, answer_text, parse_tool_calls
 from medgpt.engine import ChatEngine, PromptTooLong
-from template import TOOL_FORMATS, answer_text, parse_tool_calls
 
 QUESTION = [{"role": "user", "content": "What helps a fever?"}]
 

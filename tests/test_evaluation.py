@@ -12,15 +12,14 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 import evaluate_model
 from medgpt import evaluation
+from medgpt.answers import completion_text
+from medgpt.chat import get_template, save_template
 from medgpt.engine import ChatEngine, EngineArguments
 from medgpt.errors import run_cli
 from medgpt.evaluation import EvalArguments
 from medgpt.model import load_saved
-from medgpt.answers import completion_text
-from medgpt.saving import save_template
 from medgpt.scoring import RewardModelScorer
 from medgpt.tokenization import IGNORE_INDEX, encode_chat
-from template import get_template
 
 CHATS = [
     {"conversations": [{"from": "human", "value": "I have a fever."}, {"from": "gpt", "value": "Rest and drink."}]},

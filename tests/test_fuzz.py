@@ -29,13 +29,13 @@ from hypothesis import strategies as st
 from tiny_model import build_tokenizer
 
 from medgpt.args import DataArguments, PreferenceArguments
+from medgpt.chat import get_template, with_tool_format
 from medgpt.data import _file_rows, load_datasets, read_prompt_file, read_rows
 from medgpt.errors import UserError
 from medgpt.formats import ReadReport
 from medgpt.preference import tokenize_pairs
 from medgpt.prompts import conversational_prompts, tokenize_prompts, with_system
 from medgpt.tokenization import IGNORE_INDEX, pack, tokenize_pretrain, tokenize_sft
-from template import get_template, with_tool_format
 
 # MEDGPT_FUZZ_EXAMPLES=5000 searches longer, with new random examples on every run.
 LONGER = int(os.environ.get("MEDGPT_FUZZ_EXAMPLES", "0"))

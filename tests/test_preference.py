@@ -13,11 +13,11 @@ import merge_peft_adapter
 import orpo_training
 import reward_modeling
 from medgpt.args import DataArguments, PreferenceArguments
+from medgpt.chat import get_template, split_answer
 from medgpt.data import load_datasets
 from medgpt.errors import UserError
 from medgpt.formats import ReadReport, RowError, normalize_preference
-from medgpt.preference import encode_pair, score, split_answer
-from template import get_template
+from medgpt.preference import encode_pair, score
 
 GOOD_ANSWER = "Rest, drink water and see a doctor if it lasts."
 BAD_ANSWER = "Buy antibiotics online now!!!"

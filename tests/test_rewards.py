@@ -6,8 +6,7 @@ import types
 
 import pytest
 
-from medgpt.answers import completion_text
-from medgpt.answers import final_answer
+from medgpt.answers import completion_text, final_answer
 from medgpt.errors import UserError
 from medgpt.rewards import REWARD_FUNCTIONS, RewardSettings, build_reward_funcs, choice_accuracy, medical_accuracy
 

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
+from medgpt.chat import save_template
 from medgpt.errors import UserError
 from medgpt.model import load_saved
 from medgpt.preference import score
-from medgpt.saving import save_template
 from medgpt.scoring import RewardModelScorer
 
 

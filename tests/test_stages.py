@@ -17,8 +17,8 @@ import inference
 import merge_peft_adapter
 import pretraining
 import supervised_finetuning
+from medgpt.chat import get_template
 from medgpt.errors import UserError
-from template import get_template
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = [

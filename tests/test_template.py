@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
-from template import (  # noqa: E402
+from medgpt.chat import (  # noqa: E402
     TEMPLATES,
     TOOL_FORMATS,
     Template,

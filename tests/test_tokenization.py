@@ -8,8 +8,8 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from medgpt import tokenization
+from medgpt.chat import get_template
 from medgpt.tokenization import IGNORE_INDEX, Collator, encode_chat, pack, pack_bins, tokenize_pretrain, tokenize_sft
-from template import get_template
 
 CHAT = [
     {"role": "system", "content": "You are a careful doctor."},

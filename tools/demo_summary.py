@@ -7,14 +7,11 @@ and final models' answers side by side. Printed, and written to DEMO_DIR/summary
 
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from medgpt import args  # noqa: E402
-from medgpt.errors import UserError, run_cli  # noqa: E402
+from medgpt import args
+from medgpt.errors import UserError, run_cli
 
 
 @dataclass

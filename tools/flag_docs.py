@@ -16,7 +16,7 @@ run this tool: a page without the script's markers gets a "## Flags" section at 
 
 import argparse
 import dataclasses
-import importlib
+import importlib.util
 import inspect
 import os
 import re
@@ -27,8 +27,6 @@ from pathlib import Path
 from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # the scripts and medgpt, when run as `python tools/flag_docs.py`
 
 # script -> the page holding its flag block. Scripts sharing a page get their blocks in the page's order.
 PAGES = {
@@ -120,7 +118,12 @@ def script_args(script: str) -> ScriptArgs:
     """Import the script and run its main() up to its args.parse(TYPES, argv, DEFAULTS) call, which is recorded."""
     from medgpt import args
 
-    module = importlib.import_module(Path(script).with_suffix("").as_posix().replace("/", "."))
+    name = Path(script).with_suffix("").as_posix().replace("/", ".")
+    module = sys.modules.get(name)
+    if module is None:  # loaded from its file: the scripts are no package, and sys.path stays as it is
+        spec = importlib.util.spec_from_file_location(name, ROOT / script)
+        module = sys.modules[name] = importlib.util.module_from_spec(spec)  # inspect finds its source there
+        spec.loader.exec_module(module)
     calls: list[tuple[tuple[type, ...], dict]] = []
 
     def recording_parse(arg_types, argv=None, defaults=None):

