@@ -19,13 +19,15 @@ from medgpt import args, evaluation
 from medgpt.engine import EngineArguments
 from medgpt.errors import run_cli
 
-ARG_TYPES = (EngineArguments, evaluation.EvalArguments)
-DEFAULTS: dict = {}
+DEFAULTS: dict = {"reward_funcs": ["medical_accuracy", "choice_accuracy"]}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    engine_args, eval_args = args.parse(ARG_TYPES, argv, DEFAULTS)
-    results = evaluation.evaluate(engine_args, eval_args)
+    # The sections' flags are read from the table now, so a section registered before main() has its flags.
+    engine_args, eval_args, *section_args = args.parse(
+        (EngineArguments, evaluation.EvalArguments, *evaluation.section_arguments()), argv, DEFAULTS
+    )
+    results = evaluation.evaluate(engine_args, eval_args, *section_args)
     print(evaluation.format_table(results))
     if eval_args.output_file:
         print(f"wrote {evaluation.write_json(eval_args.output_file, results)}")

@@ -23,7 +23,7 @@ from trl import GRPOConfig, GRPOTrainer
 from medgpt import args, data, model, prompts, saving
 from medgpt.errors import UserError, run_cli
 from medgpt.generation import sampling_exactly_as_given
-from medgpt.rewards import RewardSettings, build_reward_funcs
+from medgpt.rewards import RewardArguments, RewardSettings, build_reward_funcs
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +34,7 @@ THINK_THEN_ANSWER = (
 
 
 @dataclass
-class GRPOArguments:
-    reward_funcs: list[str] = field(
-        default_factory=lambda: ["medical_accuracy", "format"],
-        metadata={"help": "Reward functions: names from medgpt.rewards, or package.module:function."},
-    )
-    reward_model_path: str | None = field(default=None, metadata={"help": "Reward model for `reward_model`."})
-    format_pattern: str | None = field(
-        default=None, metadata={"help": "Regex (full match, DOTALL) replacing the default think/answer format."}
-    )
-    overlong_buffer: int = field(default=64, metadata={"help": "length_penalty falls over the last N tokens."})
+class GRPOArguments(RewardArguments):
     system_prompt: str = field(default=THINK_THEN_ANSWER, metadata={"help": "System prompt for rows without one."})
     train_samples: int = field(default=-1, metadata={"help": "MedicalGPT's name for --max_train_samples (-1: all)."})
 
@@ -137,13 +128,7 @@ def main(argv: list[str] | None = None) -> OnPolicyGRPOTrainer:
     if grpo_args.train_samples > 0 and data_args.max_train_samples is None:
         data_args.max_train_samples = grpo_args.train_samples  # MedicalGPT's name
     args.check_args(model_args, lora_args, data_args, training_args)
-    settings = RewardSettings(
-        grpo_args.format_pattern,
-        training_args.max_completion_length,
-        grpo_args.overlong_buffer,
-        grpo_args.reward_model_path,
-        str(training_args.device),
-    )
+    settings = RewardSettings.of(grpo_args, training_args.max_completion_length, str(training_args.device))
     reward_funcs = build_reward_funcs(grpo_args.reward_funcs, settings)
     weights = training_args.reward_weights
     if weights is not None and len(weights) != len(reward_funcs):

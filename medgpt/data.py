@@ -58,7 +58,7 @@ def _not_text(row: dict) -> RowError | None:
     return None
 
 
-def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
+def file_rows(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, parsed row) for .jsonl, .json (a list of rows) and .txt (one document per line). Bytes that are
     not UTF-8 are read as lone surrogates, and the row holding them is refused after normalization (_not_text)."""
     if path.suffix == ".txt":
@@ -139,7 +139,7 @@ def _rows_from_files(
     version: str,
 ) -> Iterator[dict]:
     # (path, size, mtime) identify the files so the datasets cache is invalidated when one changes.
-    sources = [(path, _file_rows(Path(path))) for path, _, _ in files]
+    sources = [(path, file_rows(Path(path))) for path, _, _ in files]
     yield from read_rows(sources, kind, skip_bad_rows, keep_linebreaks, report)
 
 
@@ -334,7 +334,7 @@ def read_prompt_file(path: str, flag: str) -> list[list[dict]]:
     if not file.is_file():
         raise UserError(f"--{flag} {path}: file not found.")
     conversations = []
-    for number, row in _file_rows(file):  # read as training reads files, so the line numbers agree
+    for number, row in file_rows(file):  # read as training reads files, so the line numbers agree
         try:
             if isinstance(row, RowError):
                 raise row

@@ -26,7 +26,7 @@ import importlib
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from medgpt.answers import (
@@ -47,6 +47,22 @@ RewardFunction = Callable[..., list[float | None]]
 
 
 @dataclass
+class RewardArguments:
+    """The reward flags, declared once: grpo_training.py trains on them, evaluate_model.py's prompt section scores
+    generated answers with them."""
+
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["medical_accuracy", "format"],
+        metadata={"help": "Reward functions: names from medgpt.rewards, or package.module:function."},
+    )
+    reward_model_path: str | None = field(default=None, metadata={"help": "Reward model for `reward_model`."})
+    format_pattern: str | None = field(
+        default=None, metadata={"help": "Regex (full match, DOTALL) replacing the default think/answer format."}
+    )
+    overlong_buffer: int = field(default=64, metadata={"help": "length_penalty falls over the last N tokens."})
+
+
+@dataclass
 class RewardSettings:
     """The flags reward functions read; `build_reward_funcs` checks them."""
 
@@ -55,6 +71,10 @@ class RewardSettings:
     overlong_buffer: int = 64
     reward_model_path: str | None = None
     device: str | None = None  # where a reward model runs (each process's own device under DDP)
+
+    @classmethod
+    def of(cls, flags: RewardArguments, max_completion_length: int, device: str | None) -> "RewardSettings":
+        return cls(flags.format_pattern, max_completion_length, flags.overlong_buffer, flags.reward_model_path, device)
 
 
 # ---------------------------------------------------------------- answer rewards (read by medgpt.answers)

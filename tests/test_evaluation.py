@@ -3,6 +3,7 @@
 import json
 import math
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,6 @@ from medgpt.answers import completion_text
 from medgpt.chat import get_template, save_template
 from medgpt.engine import ChatEngine, EngineArguments
 from medgpt.errors import run_cli
-from medgpt.evaluation import EvalArguments
 from medgpt.model import load_saved
 from medgpt.scoring import RewardModelScorer
 from medgpt.tokenization import IGNORE_INDEX, encode_chat
@@ -87,7 +87,7 @@ def tiny(tiny_model_dir):
 def run(model_dir, lora=None, template="qwen", **flags) -> dict:
     return evaluation.evaluate(
         EngineArguments(base_model=str(model_dir), lora_model=lora and str(lora), template_name=template),
-        EvalArguments(**flags),
+        *evaluation.arguments(**flags),
         progress=False,
     )
 
@@ -333,3 +333,43 @@ def test_a_reward_model_only_runs_pairs(reward_dir, files, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: evaluate_model.main(["--base_model", str(reward_dir), "--chat_file", files["chat"]]))
     assert exit_info.value.code == 2 and "is a reward model" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- a section of one's own
+
+
+@dataclass
+class AnswerLengthArguments:
+    answer_length_file: str | None = field(default=None, metadata={"help": "Chat rows: mean answer length."})
+    in_tokens: bool = field(default=False, metadata={"help": "Count tokens instead of characters."})
+
+
+def answer_length_run(context, rows, args, prepared):
+    answers = [json.loads(row["messages"])[-1]["content"] for row in rows]
+    sizes = [len(context.tokenizer(a)["input_ids"]) if args.in_tokens else len(a) for a in answers]
+    return {"rows": len(rows), "mean": sum(sizes) / len(sizes), "unit": "tokens" if args.in_tokens else "chars"}
+
+
+def test_a_new_section_runs_with_no_edit_to_the_package(tiny_model_dir, files, tmp_path, monkeypatch, capsys):
+    """One Section row defined here: its flags are on the command line, it runs, and it is in the table and JSON."""
+    section = evaluation.Section(
+        "answer_length",
+        AnswerLengthArguments,
+        "answer_length_file",
+        "chat",
+        answer_length_run,
+        lambda figures: [(f"mean answer length ({figures['unit']})", f"{figures['mean']:.1f}")],
+    )
+    monkeypatch.setitem(evaluation.SECTIONS, section.name, section)
+    out = tmp_path / "eval.json"
+    argv = ["--base_model", str(tiny_model_dir), "--template_name", "qwen", "--answer_length_file", files["chat"]]
+    results = evaluate_model.main(
+        [*argv, "--in_tokens", "True", "--chat_file", files["chat"], "--output_file", str(out)]
+    )
+    rows = evaluation.read_rows(files["chat"], "chat", "chat_file")
+    assert results["answer_length"]["rows"] == len(rows) and results["answer_length"]["unit"] == "tokens"
+    assert "perplexity" in results["chat"], "the built-in sections run beside it"
+    assert "mean answer length (tokens)" in capsys.readouterr().out
+    assert json.loads(out.read_text())["answer_length"]["mean"] == results["answer_length"]["mean"]
+    with pytest.raises(ValueError, match="exists"):
+        evaluation.register(section)

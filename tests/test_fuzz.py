@@ -30,7 +30,7 @@ from tiny_model import build_tokenizer
 
 from medgpt.args import DataArguments, PreferenceArguments
 from medgpt.chat import get_template, with_tool_format
-from medgpt.data import _file_rows, load_datasets, read_prompt_file, read_rows
+from medgpt.data import file_rows, load_datasets, read_prompt_file, read_rows
 from medgpt.errors import UserError
 from medgpt.formats import ReadReport
 from medgpt.preference import tokenize_pairs
@@ -477,7 +477,7 @@ def read_checked(path: Path, kind: str, keep_linebreaks: bool = True) -> Read:
     refused row."""
     name = str(path)
     try:
-        numbered = list(_file_rows(path))
+        numbered = list(file_rows(path))
     except UserError as err:  # a broken JSON array refuses the whole file
         assert re.match(rf"{re.escape(name)}(:\d+)?: invalid JSON", printable(err)), err
         return Read([], [], file_refused=True)
@@ -495,14 +495,14 @@ def read_checked(path: Path, kind: str, keep_linebreaks: bool = True) -> Read:
         count(f"{kind} {'accepted' if rows else 'skipped: no answer'}")
 
     report = ReadReport()
-    whole = read_rows([(name, _file_rows(path))], kind, True, keep_linebreaks, report)
+    whole = read_rows([(name, file_rows(path))], kind, True, keep_linebreaks, report)
     if not numbered:
         with pytest.raises(UserError, match=re.escape(f"{name}: no rows found")):
             list(whole)
         return Read([], [], file_refused=True)
     assert list(whole) == accepted
     assert report.rows == len(accepted) and sum(report.skipped.values()) == len(refused) + unanswered
-    stopping = read_rows([(name, _file_rows(path))], kind, False, keep_linebreaks, ReadReport())
+    stopping = read_rows([(name, file_rows(path))], kind, False, keep_linebreaks, ReadReport())
     if refused:
         with pytest.raises(UserError) as err:
             list(stopping)
