@@ -9,13 +9,12 @@ The chat format comes from the model folder (the template it was trained with) u
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import set_seed
 
-from medgpt import args, data
+from medgpt import args, atomic, data
 from medgpt.engine import ChatEngine, EngineArguments, PromptTooLong
 from medgpt.errors import UserError, run_cli
 from medgpt.prompts import with_system
@@ -80,9 +79,7 @@ def batch(engine: ChatEngine, inf_args: InferenceArguments, sampling: dict) -> P
         except PromptTooLong as err:
             raise UserError(f"--data_file {inf_args.data_file}, prompt {number}: {err}.") from None
     out = Path(inf_args.output_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")  # renamed at the end: no half-written output file
-    with partial.open("w", encoding="utf-8") as f:
+    with atomic.writing(out) as f:  # no half-written output file
         for start in range(0, len(conversations), inf_args.eval_batch_size):
             chunk = conversations[start : start + inf_args.eval_batch_size]
             replies = engine.batch(chunk, **sampling)
@@ -90,7 +87,6 @@ def batch(engine: ChatEngine, inf_args: InferenceArguments, sampling: dict) -> P
                 row = {"Input": conversation[-1]["content"], "Output": reply.text}
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
             logger.info("answered %d/%d", min(start + len(chunk), len(conversations)), len(conversations))
-    os.replace(partial, out)
     print(f"wrote {len(conversations)} answers to {out}")
     return out
 

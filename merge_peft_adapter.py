@@ -10,7 +10,6 @@ and the merged logits are checked against the adapter model on one sample before
 
 import logging
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -18,7 +17,7 @@ from typing import Literal
 import torch
 from transformers import AutoConfig
 
-from medgpt import args
+from medgpt import args, atomic
 from medgpt.chat import read_template_name, save_template
 from medgpt.errors import UserError, run_cli
 from medgpt.model import load_saved
@@ -123,9 +122,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     # Write into a temporary sibling folder and move it into place, so a failure leaves no half-written model.
     out = Path(merge_args.output_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic.staged_folder(out) as staging:
         merged.to(saved_dtype).save_pretrained(staging, max_shard_size="5GB")
         tokenizer.save_pretrained(staging)
         name, tool_format = read_template_name(merge_args.lora_model)
@@ -134,11 +131,6 @@ def main(argv: list[str] | None = None) -> Path:
         if merge_args.trust_remote_code and Path(merge_args.base_model).is_dir():
             for code in Path(merge_args.base_model).glob("*.py"):  # remote-code models need their modelling files
                 shutil.copy(code, staging)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     print(f"merged model saved to {out}")
     return out
 

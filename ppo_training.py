@@ -38,7 +38,7 @@ DEFAULTS = {
 }
 
 
-def load_critic(model_args, lora_args, training_args, value_model_path: str, tokenizer):
+def load_critic(model_args, lora_args, training_args, ppo_args, value_model_path: str, tokenizer):
     """The critic: a one-score sequence classifier read at every token, started from the reward model (or
     --value_model_path). It reads the policy's tokens, so its vocabulary must be the policy's."""
     try:
@@ -57,13 +57,19 @@ def load_critic(model_args, lora_args, training_args, value_model_path: str, tok
     critic_args = dataclasses.replace(model_args, model_name_or_path=value_model_path, tokenizer_name_or_path=None)
     critic_args.trust_remote_code = model_args.trust_remote_code
     critic_lora = dataclasses.replace(lora_args, peft_path=None)  # --peft_path continues the policy's adapter only
-    return model.load_model(critic_args, critic_lora, tokenizer, training_args, task="reward")
+    length = ppo_args.max_source_length + ppo_args.response_length  # the policy's RoPE, the critic's too
+    return model.load_model(critic_args, critic_lora, tokenizer, training_args, length, task="reward")
 
 
 def main(argv: list[str] | None = None) -> PPOTrainer:
     model_args, lora_args, data_args, chat_args, ppo_args, training_args = args.parse(ARG_TYPES, argv, DEFAULTS)
     model_args.model_name_or_path = ppo_args.sft_model_path or model_args.model_name_or_path  # MedicalGPT's name
     args.check_args(model_args, lora_args, data_args, training_args)
+    if model_args.neft_alpha:
+        raise UserError(
+            f"--neft_alpha {model_args.neft_alpha}: NEFTune noises the embeddings of supervised training; PPO learns "
+            "from its own samples, where it cannot act. Drop the flag."
+        )
     if not ppo_args.reward_model_path:
         raise UserError("--reward_model_path is required: the merged reward model (run_rm.sh, then merge).")
     tokenizer, template = model.load_chat_tokenizer(model_args, chat_args, padding_side="left")
@@ -89,21 +95,25 @@ def main(argv: list[str] | None = None) -> PPOTrainer:
         )
 
     scorer = RewardModelScorer(ppo_args.reward_model_path, device=training_args.device)
-    policy = model.load_model(
-        model_args, lora_args, tokenizer, training_args, ppo_args.max_source_length + ppo_args.response_length
-    )
+    length = ppo_args.max_source_length + ppo_args.response_length
+    policy = model.load_model(model_args, lora_args, tokenizer, training_args, length)
     if lora_args.use_peft and lora_args.peft_path:
         # The reference is the policy PPO starts from: base + the adapter it continues, kept frozen beside it.
         policy.load_adapter(lora_args.peft_path, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
     critic = load_critic(
-        model_args, lora_args, training_args, ppo_args.value_model_path or ppo_args.reward_model_path, tokenizer
+        model_args,
+        lora_args,
+        training_args,
+        ppo_args,
+        ppo_args.value_model_path or ppo_args.reward_model_path,
+        tokenizer,
     )
     stops = stop_strings(template)
     stop_ids, multi_token_stops = stop_tokens(tokenizer, stops)
     trainer = PPOTrainer(
         policy=policy,
         critic=critic,
-        ref_policy=None if lora_args.use_peft else model.load_model(model_args, None, tokenizer),
+        ref_policy=None if lora_args.use_peft else model.load_model(model_args, None, tokenizer, max_length=length),
         scorer=scorer,
         ppo_args=ppo_args,
         stop_ids=stop_ids,

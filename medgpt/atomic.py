@@ -1,21 +1,65 @@
-"""Writing files so that a reader never sees half of one: a temporary file in the same folder, renamed over the
-target (an atomic rename on POSIX and Windows). Interrupted, it leaves the old file or none, never a partial one."""
+"""Writing files and folders so that a reader never sees half of one: everything is written under a temporary name
+beside its target and renamed into place (an atomic rename on one file system). Interrupted, a write leaves the old
+output or none, never a partial one. Used by every front end that writes results: evaluation JSON, batch answers,
+merged models and the stages' final saves."""
 
+import contextlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
+
+# What loaders look for first in a model folder: moved in last, removed first.
+MARKERS = ("config.json", "adapter_config.json")
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[IO[str]]:
+    """A text file (UTF-8) to write, published at `path` when the block ends without an error."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile("w", dir=out.parent, prefix=f".{out.name}.", delete=False, encoding="utf-8")
+    try:
+        with handle:
+            yield handle
+        os.replace(handle.name, out)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    """Write `text` (UTF-8) to `path` atomically, creating its folder."""
+    """Write `text` to `path` atomically, creating its folder."""
+    with writing(path) as f:
+        f.write(text)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def staged_folder(path: str | Path) -> Iterator[Path]:
+    """A temporary sibling folder to fill; it replaces `path` (a folder) when the block ends without an error."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out.parent, prefix=f".{out.name}.", delete=False, encoding="utf-8") as f:
-        try:
-            f.write(text)
-        except BaseException:
-            f.close()
-            os.unlink(f.name)
-            raise
-    os.replace(f.name, out)
-    return out
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        yield staging
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish(staging: Path, output_dir: Path) -> None:
+    """Move a saved model from `staging` into the existing `output_dir` (which may hold checkpoints) so that loaders
+    see it complete or not at all: the MARKERS are removed first and moved in last, each move an atomic rename."""
+    for name in MARKERS:
+        Path(output_dir, name).unlink(missing_ok=True)
+    for entry in sorted(staging.iterdir(), key=lambda p: p.name in MARKERS):
+        target = output_dir / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    staging.rmdir()

@@ -478,11 +478,6 @@ def normalize_prompt_row(row: Any, report: ReadReport | None = None) -> dict:
     }
 
 
-def normalize_prompt(row: Any) -> list[dict]:
-    """The turns a model should answer (batch inference): a prompt row without its reference answer."""
-    return json.loads(normalize_prompt_row(row)["prompt"])
-
-
 NORMALIZERS: dict[str, Callable[[Any, ReadReport], dict | None]] = {
     "chat": normalize_chat,
     "text": normalize_text,

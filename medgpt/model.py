@@ -128,8 +128,13 @@ def _check_attention(name: str) -> None:
 
 
 def _rope_scaling(config, model_args: ModelArguments, max_length: int | None) -> None:
-    if not model_args.rope_scaling or not max_length:
+    if not model_args.rope_scaling:
         return
+    if not max_length:  # every model of a run must share one RoPE: none may silently skip it
+        raise UserError(
+            f"--rope_scaling {model_args.rope_scaling}: this stage gives no training length to scale the context "
+            "to (its prompts are not cut to a fixed length); drop --rope_scaling, or merge a scaled model first."
+        )
     context = getattr(config, "max_position_embeddings", None)
     if not context:
         raise UserError(f"--rope_scaling: {model_args.model_name_or_path} has no max_position_embeddings to scale.")

@@ -152,6 +152,45 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+# The Trainer internals the PPO loop calls, with the parameters it passes: PPO replaces only the inner loop, so these
+# are its contract with transformers, checked when a PPOTrainer is built (and pinned by tests/test_ppo.py).
+TRAINER_INTERNALS = {
+    "_inner_training_loop": ("batch_size", "args", "resume_from_checkpoint", "trial"),
+    "_init_training_state": ("max_steps", "num_update_steps_per_epoch", "num_train_epochs", "resume_from_checkpoint"),
+    "_prepare_for_training": ("max_steps", "train_dataloader", "resume_from_checkpoint"),
+    "_load_rng_state": ("checkpoint",),
+    "_finalize_training": ("trial", "num_train_samples", "start_time"),
+    "_save_checkpoint": ("model", "trial"),
+    "_get_output_dir": ("trial",),
+    "_get_learning_rate": (),
+    "_load_from_checkpoint": ("resume_from_checkpoint", "model"),
+    "_save": ("output_dir", "state_dict"),
+}
+
+
+def check_trainer_internals(trainer_class: type = Trainer) -> None:
+    """Fail clearly, naming the method and the transformers version, when a Trainer internal PPO relies on moved."""
+    import inspect
+
+    import transformers
+
+    problems = []
+    for name, parameters in TRAINER_INTERNALS.items():
+        method = getattr(trainer_class, name, None)
+        if method is None:
+            problems.append(f"Trainer.{name} is gone")
+            continue
+        missing = [p for p in parameters if p not in inspect.signature(method).parameters]
+        if missing:
+            problems.append(f"Trainer.{name} no longer takes {', '.join(missing)}")
+    if problems:
+        raise RuntimeError(
+            f"ppo_training.py runs on Trainer internals that transformers {transformers.__version__} changed: "
+            f"{'; '.join(problems)}. Install the pinned version (pip install -c constraints.txt transformers) or "
+            "update medgpt/ppo.py (TRAINER_INTERNALS)."
+        )
+
+
 class PPOTrainer(Trainer):
     """PPO on a prompt dataset (`input_ids`, `prompt`, `tools` columns; see medgpt.prompts.tokenize_prompts)."""
 
@@ -166,6 +205,7 @@ class PPOTrainer(Trainer):
         stop_strings: list[str],
         **trainer_kwargs,
     ) -> None:
+        check_trainer_internals()
         for module in (policy, critic):
             disable_dropout_in_model(module)  # dropout would make rollout and update log-probs disagree
         super().__init__(model=PolicyAndValue(policy, critic), data_collator=self._collate, **trainer_kwargs)

@@ -12,14 +12,14 @@ from pathlib import Path
 
 from transformers import Trainer
 
+from medgpt import atomic
 from medgpt.chat import save_template
 from medgpt.errors import Interrupted, UserError
 from medgpt.faults import FaultGuard
 
 logger = logging.getLogger(__name__)
 
-STAGING_DIR = ".saving"  # the final model is written here first, then moved into output_dir (see publish)
-MARKERS = ("adapter_config.json", "config.json")  # what loaders look for: removed first, moved in last
+STAGING_DIR = ".saving"  # the final model is written here first, then moved into output_dir (atomic.publish)
 # Each PNG and the logged values it draws (label -> log key); a PNG is written when any of its keys was logged.
 PLOTS = {
     "training_loss.png": ("loss", {"train loss": "loss", "eval loss": "eval_loss"}),
@@ -71,7 +71,7 @@ def plot_curves(log_history: list[dict], output_dir: str | Path) -> list[Path]:
 def save_outputs(
     trainer: Trainer, template=None, tool_format: str | None = None, train_metrics: dict | None = None
 ) -> None:
-    """Save after training: the model and tokenizer atomically (see `publish`), then state, metrics and curves.
+    """Save after training: the model and tokenizer atomically (atomic.publish), then state, metrics and curves.
     save_model runs on every rank (ZeRO-3 gathers the weights collectively); the rest is the main process's."""
     output_dir = Path(trainer.args.output_dir)
     staging = output_dir / STAGING_DIR  # one name for every rank: ZeRO-3 ranks write into the same folder
@@ -85,7 +85,7 @@ def save_outputs(
             save_template(staging, template.name, tool_format)
         trainer.accelerator.wait_for_everyone()
         if main:
-            publish(staging, output_dir)
+            atomic.publish(staging, output_dir)
     except OSError as err:
         if main:
             shutil.rmtree(staging, ignore_errors=True)
@@ -99,21 +99,6 @@ def save_outputs(
     for path in plot_curves(trainer.state.log_history, output_dir):
         logger.info("curves: %s", path)
     logger.info("saved to %s", output_dir)
-
-
-def publish(staging: Path, output_dir: Path) -> None:
-    """Move a saved model from `staging` into `output_dir` so that loaders see it complete or not at all: the
-    files a loader looks for first (config.json, adapter_config.json) are removed first and moved in last, each
-    with an atomic rename on the same file system."""
-    for name in MARKERS:
-        Path(output_dir, name).unlink(missing_ok=True)
-    entries = sorted(staging.iterdir(), key=lambda p: p.name in MARKERS)
-    for entry in entries:
-        target = output_dir / entry.name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(entry, target)
-    staging.rmdir()
 
 
 def _disk_error(err: OSError, output_dir: Path, what: str) -> OSError | UserError:
@@ -155,7 +140,7 @@ def check_output_dir(output_dir: str, resume: str | bool | None, overwrite: bool
     if not training or overwrite or resume not in (None, "", False, "False", "false") or not path.is_dir():
         return
     earlier = [p.name for p in checkpoints(path)] + [
-        n for n in (*MARKERS, "trainer_state.json") if (path / n).exists()
+        n for n in (*atomic.MARKERS, "trainer_state.json") if (path / n).exists()
     ]
     if earlier:
         shown = ", ".join(earlier[:4]) + (", ..." if len(earlier) > 4 else "")
@@ -173,7 +158,7 @@ def clear_earlier_run(output_dir: str | Path) -> None:
     for folder in checkpoints(output_dir):
         logger.warning("--overwrite_output_dir: removing %s of an earlier run", folder)
         shutil.rmtree(folder)
-    for name in (*MARKERS, "trainer_state.json"):
+    for name in (*atomic.MARKERS, "trainer_state.json"):
         Path(output_dir, name).unlink(missing_ok=True)
 
 

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from datasets import Dataset
 
-logger = logging.getLogger(__name__)
+from medgpt.loss import IGNORE_INDEX  # the label the loss skips: prompts, padding, cut turns
 
-IGNORE_INDEX = -100
+logger = logging.getLogger(__name__)
 
 
 def encode_segments(tokenizer, segments: list[tuple[str, bool]]) -> tuple[list[int], list[bool], list[int]]:

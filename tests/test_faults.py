@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 import dpo_training
 import merge_peft_adapter
 import supervised_finetuning
-from medgpt import saving
+from medgpt import atomic, saving
 from medgpt.errors import UserError
 from medgpt.model import load_saved
 
@@ -282,13 +282,13 @@ def test_a_final_save_cut_short_leaves_no_model_a_loader_accepts(tmp_path, monke
 
     monkeypatch.setattr(saving.os, "replace", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
-        saving.publish(staging, out)
+        atomic.publish(staging, out)
     assert "adapter_config.json" not in moved and not (out / "adapter_config.json").exists()
     monkeypatch.setattr(saving.os, "replace", replace)
     shutil.rmtree(out)
     staging.mkdir(parents=True)
     (staging / "adapter_config.json").write_text("{}")
-    saving.publish(staging, out)
+    atomic.publish(staging, out)
     assert (out / "adapter_config.json").is_file() and not staging.exists()
 
 

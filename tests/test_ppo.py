@@ -97,3 +97,25 @@ def test_continued_adapter_is_its_own_reference(eos_padded_policy, reward_dir, t
     assert (out / "adapter_model.safetensors").is_file() and not (out / "reference").exists()
     assert not any(p.requires_grad for name, p in policy.named_parameters() if ".reference." in name)
     assert any(p.requires_grad for name, p in policy.named_parameters() if ".default." in name)
+
+
+def test_the_trainer_internals_ppo_runs_on_are_pinned():
+    import transformers
+    from transformers import Trainer
+
+    from medgpt.ppo import TRAINER_INTERNALS, check_trainer_internals
+
+    check_trainer_internals()  # the pinned transformers has every one
+    assert "_inner_training_loop" in TRAINER_INTERNALS and "_finalize_training" in TRAINER_INTERNALS
+
+    class Changed(Trainer):
+        _finalize_training = None
+
+        def _load_rng_state(self, path):  # renamed parameter
+            pass
+
+    with pytest.raises(RuntimeError) as error:
+        check_trainer_internals(Changed)
+    message = str(error.value)
+    assert "Trainer._finalize_training is gone" in message and "_load_rng_state no longer takes checkpoint" in message
+    assert transformers.__version__ in message
