@@ -10,6 +10,7 @@ model fingerprints: a second run on the same data and model does no reference fo
     python dpo_training.py --config dpo.yaml --learning_rate 5e-6    # CLI flags override the file
 """
 
+import dataclasses
 import logging
 import os
 import time
@@ -66,17 +67,15 @@ def main(argv: list[str] | None = None) -> DPOTrainer:
     # The pairs already fit max_length, cut the right way (prompt first, stop tokens kept). TRL must not cut them
     # again, and without a length in its config its dataset fingerprints (and so the cache of reference log-probs)
     # depend on the data and tokenizer only, not on unrelated settings such as output_dir.
-    training_args.max_length = None
     started = time.time()
     trainer = DPOTrainer(
         model=model.load_model(model_args, lora_args, tokenizer, training_args, max_length),
         ref_model=None,  # LoRA: the adapter-disabled base; full fine-tuning: TRL keeps a frozen copy
-        args=training_args,
+        args=dataclasses.replace(training_args, max_length=None),
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
     )
-    training_args.max_length = max_length  # recorded as given (the pairs were cut to it above)
     if training_args.precompute_ref_log_probs and trainer.is_world_process_zero():
         log_reference_cache(trainer, started)
     saving.train_and_evaluate(trainer, template, chat_args.tool_format)

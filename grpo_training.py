@@ -36,7 +36,6 @@ THINK_THEN_ANSWER = (
 @dataclass
 class GRPOArguments(RewardArguments):
     system_prompt: str = field(default=THINK_THEN_ANSWER, metadata={"help": "System prompt for rows without one."})
-    train_samples: int = field(default=-1, metadata={"help": "MedicalGPT's name for --max_train_samples (-1: all)."})
 
 
 # generate() settings that change the distribution answers are sampled from (beyond the temperature).
@@ -125,8 +124,6 @@ DEFAULTS = {
 
 def main(argv: list[str] | None = None) -> OnPolicyGRPOTrainer:
     model_args, lora_args, data_args, chat_args, grpo_args, training_args = args.parse(ARG_TYPES, argv, DEFAULTS)
-    if grpo_args.train_samples > 0 and data_args.max_train_samples is None:
-        data_args.max_train_samples = grpo_args.train_samples  # MedicalGPT's name
     args.check_args(model_args, lora_args, data_args, training_args)
     settings = RewardSettings.of(grpo_args, training_args.max_completion_length, str(training_args.device))
     reward_funcs = build_reward_funcs(grpo_args.reward_funcs, settings)

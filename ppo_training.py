@@ -63,12 +63,11 @@ def load_critic(model_args, lora_args, training_args, ppo_args, value_model_path
 
 def main(argv: list[str] | None = None) -> PPOTrainer:
     model_args, lora_args, data_args, chat_args, ppo_args, training_args = args.parse(ARG_TYPES, argv, DEFAULTS)
-    model_args.model_name_or_path = ppo_args.sft_model_path or model_args.model_name_or_path  # MedicalGPT's name
     args.check_args(model_args, lora_args, data_args, training_args)
-    if model_args.neft_alpha:
+    if training_args.neftune_noise_alpha:
         raise UserError(
-            f"--neft_alpha {model_args.neft_alpha}: NEFTune noises the embeddings of supervised training; PPO learns "
-            "from its own samples, where it cannot act. Drop the flag."
+            f"--neftune_noise_alpha (--neft_alpha) {training_args.neftune_noise_alpha}: NEFTune noises the embeddings "
+            "of supervised training; PPO learns from its own samples, where it cannot act. Drop the flag."
         )
     if not ppo_args.reward_model_path:
         raise UserError("--reward_model_path is required: the merged reward model (run_rm.sh, then merge).")

@@ -47,9 +47,6 @@ class ModelArguments:
         default=False, metadata={"help": "Use FlashAttention-2 (needs the flash-attn package and a CUDA GPU)."}
     )
     attn_implementation: Literal[ATTENTION] = field(default="sdpa", metadata={"help": "Attention kernel."})
-    neft_alpha: float = field(
-        default=0.0, metadata={"help": "NEFTune noise alpha for embeddings during training (0 = off; paper: 5)."}
-    )
 
     def __post_init__(self) -> None:
         if self.device_map in ("None", "none", ""):
@@ -196,7 +193,7 @@ def _config_to_argv(path: str, parser: HfArgumentParser) -> list[str]:
     known = {action.dest for action in parser._actions}
     argv: list[str] = []
     for key, value in config.items():
-        if key not in known:
+        if key not in known and f"--{key}" not in LEGACY_FLAGS:
             hint = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
             raise UserError(f"--config {path}: unknown key {key!r}." + (f" Did you mean {hint[0]!r}?" if hint else ""))
         if value is None:
@@ -209,8 +206,13 @@ def _config_to_argv(path: str, parser: HfArgumentParser) -> list[str]:
 
 # Flags MedicalGPT's scripts took under TRL's or older transformers' names -> ours. Applied only where a script has
 # the new flag and not the old one; list values (TRL's --lora_target_modules q_proj v_proj) become a comma list.
+# MedicalGPT's flag names, read as ours before parsing (a name a script declares itself is left alone).
 LEGACY_FLAGS = {
     "--dtype": "--torch_dtype",
+    "--sft_model_path": "--model_name_or_path",  # PPO's policy
+    "--max_completion_length": "--response_length",  # PPO (GRPO declares its own)
+    "--train_samples": "--max_train_samples",  # GRPO; -1 = all
+    "--neft_alpha": "--neftune_noise_alpha",  # the Trainer's NEFTune: right scale, training only
     "--lora_r": "--lora_rank",
     "--lora_target_modules": "--target_modules",
     "--warmup_ratio": "--warmup_steps",  # a float below 1 is a ratio of the total steps in transformers 5
@@ -350,6 +352,10 @@ def check_training_values(training_args: TrainingArguments) -> None:
             (t.save_strategy == "steps" and t.save_steps <= 0, f"--save_steps {t.save_steps:g} must be > 0."),
             (t.eval_strategy == "steps" and (t.eval_steps or 1) <= 0, f"--eval_steps {t.eval_steps} must be > 0."),
             (t.dataloader_num_workers < 0, f"--dataloader_num_workers {t.dataloader_num_workers} must be >= 0."),
+            (
+                (t.neftune_noise_alpha or 0) < 0,
+                f"--neftune_noise_alpha (--neft_alpha) {t.neftune_noise_alpha} must be >= 0 (0 or unset = off).",
+            ),
         )
         if bad
     ]
@@ -386,8 +392,6 @@ def check_args(
         folder = getattr(data_args, flag, None)
         if folder and not Path(folder).is_dir():
             problems.append(f"--{flag} {folder} is not a directory.")
-    if model_args.neft_alpha < 0:
-        problems.append(f"--neft_alpha {model_args.neft_alpha} must be >= 0.")
     if not lora_args.use_peft and model_args.torch_dtype == "float16" and training_args.fp16:
         problems.append(
             "full fine-tuning with --torch_dtype float16 and --fp16 cannot unscale fp16 gradients; use --torch_dtype "
@@ -397,8 +401,6 @@ def check_args(
         problems.append("4/8-bit loading does not work with DeepSpeed ZeRO-3; use zero2.json or drop quantization.")
     if problems:
         raise UserError("invalid arguments:\n  - " + "\n  - ".join(problems))
-    if model_args.neft_alpha > 0:
-        training_args.neftune_noise_alpha = model_args.neft_alpha  # the Trainer's NEFTune: right scale, train only
 
 
 def wants_eval(training_args: TrainingArguments) -> bool:

@@ -296,6 +296,7 @@ def prepare_splits(
     """
     splits: dict[str, Dataset] = {}
     for name, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
+        limit = None if limit is not None and limit < 0 else limit  # MedicalGPT's -1: every row
         if name not in raw or (name == "validation" and not wants_eval(training_args)):
             continue
         rows = cap(raw[name].shuffle(seed=training_args.seed), limit) if cap_rows else raw[name]

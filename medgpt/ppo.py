@@ -44,9 +44,6 @@ PPO_STATE = "ppo_state.json"
 
 @dataclass
 class PPOArguments:
-    sft_model_path: str | None = field(
-        default=None, metadata={"help": "The policy to train (MedicalGPT's name for --model_name_or_path)."}
-    )
     reward_model_path: str | None = field(
         default=None, metadata={"help": "Trained (merged) reward model scoring the answers; kept frozen."}
     )
@@ -55,7 +52,6 @@ class PPOArguments:
     )
     max_source_length: int = field(default=1024, metadata={"help": "Most prompt tokens (the oldest are cut)."})
     response_length: int = field(default=256, metadata={"help": "Most tokens generated per answer."})
-    max_completion_length: int | None = field(default=None, metadata={"help": "Same as --response_length."})
     total_episodes: int | None = field(
         default=None, metadata={"help": "Prompts to train on in all (default: num_train_epochs x the prompts)."}
     )
@@ -86,8 +82,6 @@ class PPOArguments:
     system_prompt: str = field(default="", metadata={"help": "System prompt for prompts that have none."})
 
     def __post_init__(self) -> None:
-        if self.max_completion_length is not None:
-            self.response_length = self.max_completion_length
         problems = [
             f"--{name} {value} must be {rule}"
             for name, value, ok, rule in (

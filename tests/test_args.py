@@ -86,12 +86,15 @@ def test_check_args_reports_every_problem_at_once(tmp_path):
         assert text in message
 
 
-def test_neft_alpha_turns_on_neftune(tmp_path):
-    training_args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True)
-    args.check_args(
-        args.ModelArguments(model_name_or_path="m", neft_alpha=5), args.LoraArguments(), None, training_args
-    )
-    assert training_args.neftune_noise_alpha == 5
+def test_medicalgpt_names_are_rows_of_the_legacy_table(tmp_path):
+    """--neft_alpha is the Trainer's --neftune_noise_alpha, parsed as such: nothing is set after parsing."""
+    import supervised_finetuning
+
+    argv = ["--model_name_or_path", "m", "--train_file_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")]
+    parsed = args.parse(supervised_finetuning.ARG_TYPES, [*argv, "--neft_alpha", "5"], supervised_finetuning.DEFAULTS)
+    assert parsed[-1].neftune_noise_alpha == 5
+    with pytest.raises(UserError, match="--neftune_noise_alpha .*-1"):
+        args.parse(supervised_finetuning.ARG_TYPES, [*argv, "--neft_alpha", "-1"], supervised_finetuning.DEFAULTS)
 
 
 def test_validation_split_range():
@@ -150,7 +153,6 @@ def test_medicalgpt_flag_names_are_kept():
         "device_map",
         "trust_remote_code",
         "flash_attn",
-        "neft_alpha",
         "rope_scaling",
         "tool_format",
         "cache_dir",

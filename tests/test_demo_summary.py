@@ -44,7 +44,7 @@ def test_the_summary_reports_each_stage_and_says_when_one_did_not_learn(run_dir)
     assert "train loss: 2.000 → 1.200" in rows["| SFT"] and "chat perplexity: 9.500 → 6.250" in rows["| SFT"]
     assert rows["| SFT"].endswith("| yes | 200 s |")
     assert "pairwise accuracy: 0.500 → 0.800" in rows["| RM"] and "| yes |" in rows["| RM"]
-    assert "RM score: 0.100 → 0.400" in rows["| PPO"]  # first vs last quarter of the logged scores
+    assert "RM score: 0.100 → 0.400" in rows["| PPO"]  # first vs last third of the logged scores
     assert "mean RM score: 0.500 → 0.250" in rows["| PPO"] and "no: mean RM score did not improve" in rows["| PPO"]
     assert "| base | 9.500 | 0.300 (80 questions) |" in text and "| after SFT | 6.250 | 0.350 (80 questions) |" in text
     assert "| What is a fever? | A \\| high temperature. | A body temperature above 38 °C. |" in text

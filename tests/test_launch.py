@@ -49,7 +49,7 @@ def test_run_script_flags_parse(run_script, tmp_path):
     parsed = args.parse(module.ARG_TYPES, flags, module.DEFAULTS)
     training_args = parsed[-1]
     assert training_args.output_dir.startswith("outputs-")
-    model_path = parsed[0].model_name_or_path or getattr(parsed[-2], "sft_model_path", None)  # PPO: MedicalGPT's name
+    model_path = parsed[0].model_name_or_path  # PPO's --sft_model_path is MedicalGPT's name for it
     assert model_path == "MODEL_VALUE"
 
 

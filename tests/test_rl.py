@@ -333,7 +333,9 @@ def test_ppo_and_grpo_take_config_files_and_help(tmp_path):
 
     (tmp_path / "ppo.yaml").write_text("kl_coef: 0.02\nresponse_length: 64\nsft_model_path: merged-sft\n")
     parsed = args.parse(ppo_training.ARG_TYPES, ["--config", str(tmp_path / "ppo.yaml"), "--kl_coef", "0.3"])
-    assert parsed[4].kl_coef == 0.3 and parsed[4].response_length == 64 and parsed[4].sft_model_path == "merged-sft"
+    assert (
+        parsed[4].kl_coef == 0.3 and parsed[4].response_length == 64 and parsed[0].model_name_or_path == "merged-sft"
+    )
     assert args.parse(ppo_training.ARG_TYPES, ["--max_completion_length", "32"])[4].response_length == 32
     (tmp_path / "grpo.yaml").write_text("reward_funcs: [choice_accuracy, format]\nnum_generations: 2\n")
     parsed = args.parse(grpo_training.ARG_TYPES, ["--config", str(tmp_path / "grpo.yaml")])
@@ -361,4 +363,4 @@ def test_medicalgpt_grpo_flags_parse():
     )
     assert model_args.torch_dtype == "bfloat16" and lora_args.lora_rank == 16 and config.warmup_steps == 0.03
     assert lora_args.target_modules == "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-    assert grpo_args.train_samples == -1 and config.num_generations == 4
+    assert data_args.max_train_samples == -1 and config.num_generations == 4  # -1: every row

@@ -70,11 +70,11 @@ class Run:
         return json.loads(path.read_text())["log_history"] if path.is_file() else []
 
     def trend(self, stage: str, key: str) -> tuple[float | None, float | None]:
-        """Mean of the first and of the last quarter of the logged values (RL rewards are noisy step to step)."""
+        """Mean of the first and of the last third of the logged values (RL rewards are noisy step to step)."""
         values = [entry[key] for entry in self.log(stage) if key in entry and isinstance(entry[key], (int, float))]
         if not values:
             return None, None
-        k = max(1, len(values) // 4)
+        k = max(1, len(values) // 3)
         return sum(values[:k]) / k, sum(values[-k:]) / k
 
     def first_last(self, stage: str, key: str) -> tuple[float | None, float | None]:
