@@ -23,14 +23,7 @@ from medgpt.errors import run_cli
 
 logger = logging.getLogger(__name__)
 
-ARG_TYPES = (
-    args.ModelArguments,
-    args.LoraArguments,
-    args.DataArguments,
-    args.ChatArguments,
-    args.PreferenceArguments,
-    DPOConfig,
-)
+ARG_TYPES = (*args.PAIR_STAGE_ARGUMENTS, DPOConfig)
 DEFAULTS = {"do_train": True, "report_to": ["tensorboard"], "logging_steps": 10, "remove_unused_columns": False}
 TEXT_COLUMNS = ["prompt", "chosen", "rejected"]
 
@@ -61,20 +54,20 @@ def main(argv: list[str] | None = None) -> DPOTrainer:
         splits = preference.load_pair_splits(
             data_args, pref_args, tokenizer, template, training_args, model_args.cache_dir
         )
-    train_set, eval_set = preference.trainer_datasets(splits, TEXT_COLUMNS)
     max_length = training_args.max_length
 
     # The pairs already fit max_length, cut the right way (prompt first, stop tokens kept). TRL must not cut them
     # again, and without a length in its config its dataset fingerprints (and so the cache of reference log-probs)
     # depend on the data and tokenizer only, not on unrelated settings such as output_dir.
     started = time.time()
-    trainer = DPOTrainer(
-        model=model.load_model(model_args, lora_args, tokenizer, training_args, max_length),
+    trainer = preference.pair_trainer(
+        DPOTrainer,
+        model.load_model(model_args, lora_args, tokenizer, training_args, max_length),
+        dataclasses.replace(training_args, max_length=None),
+        splits,
+        TEXT_COLUMNS,
+        tokenizer,
         ref_model=None,  # LoRA: the adapter-disabled base; full fine-tuning: TRL keeps a frozen copy
-        args=dataclasses.replace(training_args, max_length=None),
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        processing_class=tokenizer,
     )
     if training_args.precompute_ref_log_probs and trainer.is_world_process_zero():
         log_reference_cache(trainer, started)

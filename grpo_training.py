@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig, GRPOTrainer
 
-from medgpt import args, data, model, prompts, saving
+from medgpt import args, model, prompts, saving
 from medgpt.errors import UserError, run_cli
 from medgpt.generation import sampling_exactly_as_given
 from medgpt.rewards import RewardArguments, RewardSettings, build_reward_funcs
@@ -112,7 +112,7 @@ class OnPolicyGRPOTrainer(GRPOTrainer):
             return super()._generate_single_turn(*args, **kwargs)
 
 
-ARG_TYPES = (args.ModelArguments, args.LoraArguments, args.DataArguments, args.ChatArguments, GRPOArguments, GRPOFlags)
+ARG_TYPES = (*args.CHAT_STAGE_ARGUMENTS, GRPOArguments, GRPOFlags)
 DEFAULTS = {
     "do_train": True,
     "report_to": ["tensorboard"],
@@ -136,15 +136,13 @@ def main(argv: list[str] | None = None) -> OnPolicyGRPOTrainer:
     tokenizer, template = model.load_chat_tokenizer(model_args, chat_args, padding_side="left")
 
     # Prompts are read and validated before anything is written to output_dir.
-    with training_args.main_process_first(desc="read prompts"):
-        raw = data.load_datasets(data_args, "prompt", training_args.seed, cache_dir=model_args.cache_dir)
-        splits = data.prepare_splits(
-            raw,
-            data_args,
-            training_args,
-            lambda rows, name: prompts.conversational_prompts(rows, grpo_args.system_prompt),
-            "every prompt row was empty.",
-        )
+    splits = prompts.load_prompt_splits(
+        data_args,
+        training_args,
+        model_args.cache_dir,
+        lambda rows, name: prompts.conversational_prompts(rows, grpo_args.system_prompt),
+        "read prompts",
+    )
     if any(any(split["tools"]) for split in splits.values()):
         logger.warning(
             "tool definitions in the prompt rows are passed to the reward functions, not shown to the model"

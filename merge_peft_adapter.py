@@ -20,7 +20,7 @@ from transformers import AutoConfig
 from medgpt import args, atomic
 from medgpt.chat import read_template_name, save_template
 from medgpt.errors import UserError, run_cli
-from medgpt.model import load_saved
+from medgpt.model import load_saved, saved_task
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +83,9 @@ def check_sample(tokenizer) -> dict[str, torch.Tensor]:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    from peft import PeftConfig
-
     (merge_args,) = args.parse((MergeArguments,), argv)
     check_paths(merge_args)
-    peft_config = PeftConfig.from_pretrained(merge_args.lora_model)
-    reward = peft_config.task_type == "SEQ_CLS"
+    reward = saved_task(merge_args.base_model, merge_args.lora_model) == "reward"
     # Merge in fp32 so the check is exact and the weights are rounded once, when saved in the target dtype.
     model, tokenizer, _ = load_saved(
         merge_args.base_model,

@@ -10,7 +10,6 @@ model being trained is held in memory. MedicalGPT's --orpo_beta is accepted as t
 """
 
 import os
-from dataclasses import dataclass, field
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # we chose the experimental trainer knowingly
 
@@ -19,34 +18,14 @@ from trl.experimental.orpo import ORPOConfig, ORPOTrainer  # noqa: E402
 from medgpt import args, model, preference, saving  # noqa: E402
 from medgpt.errors import run_cli  # noqa: E402
 
-
-@dataclass
-class ORPOArguments:
-    orpo_beta: float | None = field(
-        default=None, metadata={"help": "MedicalGPT's name for --beta (the weight of the odds-ratio loss)."}
-    )
-
-
-ARG_TYPES = (
-    args.ModelArguments,
-    args.LoraArguments,
-    args.DataArguments,
-    args.ChatArguments,
-    args.PreferenceArguments,
-    ORPOArguments,
-    ORPOConfig,
-)
+ARG_TYPES = (*args.PAIR_STAGE_ARGUMENTS, ORPOConfig)  # MedicalGPT's --orpo_beta is read as --beta
 DEFAULTS = {"do_train": True, "report_to": ["tensorboard"], "logging_steps": 10, "remove_unused_columns": False}
 TEXT_COLUMNS = ["prompt", "chosen", "rejected"]
 
 
 def main(argv: list[str] | None = None) -> ORPOTrainer:
-    model_args, lora_args, data_args, chat_args, pref_args, orpo_args, training_args = args.parse(
-        ARG_TYPES, argv, DEFAULTS
-    )
+    model_args, lora_args, data_args, chat_args, pref_args, training_args = args.parse(ARG_TYPES, argv, DEFAULTS)
     args.check_args(model_args, lora_args, data_args, training_args)
-    if orpo_args.orpo_beta is not None:
-        training_args.beta = orpo_args.orpo_beta
     tokenizer, template = model.load_chat_tokenizer(model_args, chat_args)
     preference.align_eos_with_template(tokenizer, template)
 
@@ -55,15 +34,8 @@ def main(argv: list[str] | None = None) -> ORPOTrainer:
         splits = preference.load_pair_splits(
             data_args, pref_args, tokenizer, template, training_args, model_args.cache_dir, reserved_tokens=2
         )
-    train_set, eval_set = preference.trainer_datasets(splits, TEXT_COLUMNS)
-
-    trainer = ORPOTrainer(
-        model=model.load_model(model_args, lora_args, tokenizer, training_args, training_args.max_length),
-        args=training_args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        processing_class=tokenizer,
-    )
+    lm = model.load_model(model_args, lora_args, tokenizer, training_args, training_args.max_length)
+    trainer = preference.pair_trainer(ORPOTrainer, lm, training_args, splits, TEXT_COLUMNS, tokenizer)
     saving.train_and_evaluate(trainer, template, chat_args.tool_format)
     return trainer
 

@@ -15,20 +15,13 @@ import dataclasses
 
 from transformers import AutoTokenizer, TrainingArguments
 
-from medgpt import args, data, model, prompts, saving
+from medgpt import args, model, prompts, saving
 from medgpt.errors import UserError, run_cli
 from medgpt.generation import stop_strings, stop_tokens
 from medgpt.ppo import REFERENCE_ADAPTER, PPOArguments, PPOTrainer
 from medgpt.scoring import RewardModelScorer
 
-ARG_TYPES = (
-    args.ModelArguments,
-    args.LoraArguments,
-    args.DataArguments,
-    args.ChatArguments,
-    PPOArguments,
-    TrainingArguments,
-)
+ARG_TYPES = (*args.CHAT_STAGE_ARGUMENTS, PPOArguments, TrainingArguments)
 DEFAULTS = {
     "do_train": True,
     "report_to": ["tensorboard"],
@@ -74,24 +67,19 @@ def main(argv: list[str] | None = None) -> PPOTrainer:
     tokenizer, template = model.load_chat_tokenizer(model_args, chat_args, padding_side="left")
 
     # Prompts are read, validated and tokenized before anything is written to output_dir.
-    with training_args.main_process_first(desc="tokenize prompts"):
-        raw = data.load_datasets(data_args, "prompt", training_args.seed, cache_dir=model_args.cache_dir)
-        splits = data.prepare_splits(
-            raw,
-            data_args,
-            training_args,
-            lambda rows, name: prompts.tokenize_prompts(
-                rows,
-                tokenizer,
-                template,
-                ppo_args.max_source_length,
-                ppo_args.system_prompt,
-                data_args.preprocessing_num_workers,
-                data_args.overwrite_cache,
-                what=name,
-            ),
-            "every prompt is empty.",
+    def tokenize(rows, name):
+        return prompts.tokenize_prompts(
+            rows,
+            tokenizer,
+            template,
+            ppo_args.max_source_length,
+            ppo_args.system_prompt,
+            data_args.preprocessing_num_workers,
+            data_args.overwrite_cache,
+            what=name,
         )
+
+    splits = prompts.load_prompt_splits(data_args, training_args, model_args.cache_dir, tokenize, "tokenize prompts")
 
     scorer = RewardModelScorer(ppo_args.reward_model_path, device=training_args.device)
     length = ppo_args.max_source_length + ppo_args.response_length

@@ -15,14 +15,7 @@ from trl import RewardConfig, RewardTrainer
 from medgpt import args, model, preference, saving
 from medgpt.errors import run_cli
 
-ARG_TYPES = (
-    args.ModelArguments,
-    args.LoraArguments,
-    args.DataArguments,
-    args.ChatArguments,
-    args.PreferenceArguments,
-    RewardConfig,
-)
+ARG_TYPES = (*args.PAIR_STAGE_ARGUMENTS, RewardConfig)
 DEFAULTS = {"do_train": True, "report_to": ["tensorboard"], "logging_steps": 10, "remove_unused_columns": False}
 ID_COLUMNS = ["chosen_ids", "rejected_ids"]
 
@@ -37,17 +30,8 @@ def main(argv: list[str] | None = None) -> RewardTrainer:
         splits = preference.load_pair_splits(
             data_args, pref_args, tokenizer, template, training_args, model_args.cache_dir
         )
-    train_set, eval_set = preference.trainer_datasets(splits, ID_COLUMNS)
-
-    trainer = RewardTrainer(
-        model=model.load_model(
-            model_args, lora_args, tokenizer, training_args, training_args.max_length, task="reward"
-        ),
-        args=training_args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        processing_class=tokenizer,
-    )
+    rm = model.load_model(model_args, lora_args, tokenizer, training_args, training_args.max_length, task="reward")
+    trainer = preference.pair_trainer(RewardTrainer, rm, training_args, splits, ID_COLUMNS, tokenizer)
     saving.train_and_evaluate(trainer, template, chat_args.tool_format)
     return trainer
 

@@ -212,7 +212,8 @@ LEGACY_FLAGS = {
     "--sft_model_path": "--model_name_or_path",  # PPO's policy
     "--max_completion_length": "--response_length",  # PPO (GRPO declares its own)
     "--train_samples": "--max_train_samples",  # GRPO; -1 = all
-    "--neft_alpha": "--neftune_noise_alpha",  # the Trainer's NEFTune: right scale, training only
+    "--neft_alpha": "--neftune_noise_alpha",
+    "--orpo_beta": "--beta",  # ORPO's odds-ratio weight  # the Trainer's NEFTune: right scale, training only
     "--lora_r": "--lora_rank",
     "--lora_target_modules": "--target_modules",
     "--warmup_ratio": "--warmup_steps",  # a float below 1 is a ratio of the total steps in transformers 5
@@ -237,6 +238,11 @@ def rename_legacy_flags(argv: list[str], parser: HfArgumentParser) -> list[str]:
             index += 1
         renamed += [target, ",".join(values)] if values else [target]
     return renamed
+
+
+# The flags every chat stage shares; each stage script adds its own and its library config.
+CHAT_STAGE_ARGUMENTS = (ModelArguments, LoraArguments, DataArguments, ChatArguments)
+PAIR_STAGE_ARGUMENTS = (*CHAT_STAGE_ARGUMENTS, PreferenceArguments)
 
 
 def _accelerator_available() -> bool:

@@ -238,24 +238,10 @@ def load_datasets(
     out; the eval split is never empty when it is asked for and there are at least two rows.
     """
     splits: dict[str, Dataset] = {}
-    if data_args.train_file_dir:
-        splits["train"] = load_split(
-            find_files(data_args.train_file_dir, kind, "train_file_dir"),
-            kind,
-            data_args,
-            keep_linebreaks,
-            "train",
-            cache_dir,
-        )
-    if data_args.validation_file_dir:
-        splits["validation"] = load_split(
-            find_files(data_args.validation_file_dir, kind, "validation_file_dir"),
-            kind,
-            data_args,
-            keep_linebreaks,
-            "validation",
-            cache_dir,
-        )
+    for split, flag in (("train", "train_file_dir"), ("validation", "validation_file_dir")):
+        if getattr(data_args, flag):
+            files = find_files(getattr(data_args, flag), kind, flag)
+            splits[split] = load_split(files, kind, data_args, keep_linebreaks, split, cache_dir)
     if data_args.dataset_name:
         hub = _load_named_dataset(data_args, cache_dir)
         for split_name, split in hub.items():

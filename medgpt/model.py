@@ -1,6 +1,7 @@
 """Loading tokenizers and models: dtype, attention kernel, quantization, LoRA, embedding resize, special tokens."""
 
 import importlib.util
+import json
 import logging
 import math
 from pathlib import Path
@@ -266,6 +267,23 @@ def add_lora(model: PreTrainedModel, lora_args: LoraArguments, task: str, quanti
     trainable, total = model.get_nb_trainable_parameters()
     logger.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
     return model
+
+
+def saved_task(model_dir: str, lora_model: str | None = None, trust_remote_code: bool = False) -> str | None:
+    """What a saved model is: "reward" (a one-score sequence classifier, or a SEQ_CLS adapter), "causal" (a language
+    model, or a CAUSAL_LM adapter), or None when its folder says neither (load_saved then names what is wrong).
+    The one reward-model detection: evaluation, reward scoring and merging ask it."""
+    adapter_config = Path(lora_model or "", "adapter_config.json")
+    if lora_model and adapter_config.is_file():
+        return "reward" if json.loads(adapter_config.read_text()).get("task_type") == "SEQ_CLS" else "causal"
+    try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None
+    architectures = getattr(config, "architectures", None) or []
+    if any(name.endswith("ForSequenceClassification") for name in architectures):
+        return "reward"
+    return "causal" if architectures and all(name.endswith("ForCausalLM") for name in architectures) else None
 
 
 def load_saved(

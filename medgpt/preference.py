@@ -174,3 +174,18 @@ def load_pair_splits(
         "no pair fits the length limits: the answers fill --max_length; lower --max_target_length or raise "
         "--max_length.",
     )
+
+
+def pair_trainer(
+    trainer_class: type, model, training_args, splits: dict[str, Dataset], columns: list[str], tokenizer, **extra
+):
+    """A TRL trainer on pairs (RewardTrainer, DPOTrainer, ORPOTrainer) over the prepared splits' `columns`."""
+    train_set, eval_set = trainer_datasets(splits, columns)
+    return trainer_class(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        **extra,
+    )

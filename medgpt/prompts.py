@@ -66,3 +66,13 @@ def conversational_prompts(dataset: Dataset, system_prompt: str = "") -> Dataset
         **{key: [extra.get(key) for extra in extras] for key in extra_keys},
     }
     return Dataset.from_dict(columns)
+
+
+def load_prompt_splits(data_args, training_args, cache_dir: str | None, prepare, desc: str) -> dict[str, Dataset]:
+    """The prompt rows of --train_file_dir / --validation_file_dir read, split and prepared (`prepare(rows, split)`)
+    on the main process first, before anything is written to output_dir: PPO and GRPO read their prompts so."""
+    from medgpt import data
+
+    with training_args.main_process_first(desc=desc):
+        raw = data.load_datasets(data_args, "prompt", training_args.seed, cache_dir=cache_dir)
+        return data.prepare_splits(raw, data_args, training_args, prepare, "every prompt row is empty.")

@@ -51,19 +51,12 @@ class RewardModelScorer:
         torch_dtype: str | None = None,
         flags: tuple[str, str] = ("--reward_model_path", "--reward_lora_path"),
     ) -> None:
-        from transformers import AutoConfig
+        from medgpt.model import load_saved, saved_task
 
-        from medgpt.model import load_saved
-
-        try:
-            architectures = getattr(AutoConfig.from_pretrained(model_dir), "architectures", None) or []
-        except (OSError, ValueError):
-            architectures = []  # load_saved below names the flag and what is wrong with the folder
-        if lora_model is None and architectures and all(a.endswith("ForCausalLM") for a in architectures):
+        if lora_model is None and saved_task(model_dir) == "causal":
             raise UserError(
-                f"{flags[0]} {model_dir} is a language model ({architectures[0]}), not a reward model: its score "
-                "head would be random. Train one with reward_modeling.py and merge it (merge_peft_adapter.py), then "
-                "pass the merged folder."
+                f"{flags[0]} {model_dir} is a language model, not a reward model: its score head would be random. "
+                "Train one with reward_modeling.py and merge it (merge_peft_adapter.py), then pass the merged folder."
             )
         self.model, self.tokenizer, self.template = load_saved(
             model_dir,

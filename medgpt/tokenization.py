@@ -86,6 +86,19 @@ def _sft_batch(batch: dict, tokenizer, template, max_length: int, train_on_input
     return output
 
 
+def map_batches(dataset: Dataset, function, fn_kwargs: dict, num_proc: int | None, overwrite_cache: bool, desc: str):
+    """Batched, cached `datasets.map` that replaces every column with the function's output."""
+    return dataset.map(
+        function,
+        batched=True,
+        num_proc=num_proc,
+        remove_columns=dataset.column_names,
+        load_from_cache_file=not overwrite_cache,
+        fn_kwargs=fn_kwargs,
+        desc=desc,
+    )
+
+
 def map_and_drop_empty(
     dataset: Dataset,
     function,
@@ -97,15 +110,7 @@ def map_and_drop_empty(
     dropped_because: str,
 ) -> Dataset:
     """Batched, cached `datasets.map`, then drop (and count in the log) rows whose `column` came out empty."""
-    mapped = dataset.map(
-        function,
-        batched=True,
-        num_proc=num_proc,
-        remove_columns=dataset.column_names,
-        load_from_cache_file=not overwrite_cache,
-        fn_kwargs=fn_kwargs,
-        desc=desc,
-    )
+    mapped = map_batches(dataset, function, fn_kwargs, num_proc, overwrite_cache, desc)
     kept = mapped.filter(lambda ids: len(ids) > 0, input_columns=column, num_proc=num_proc, desc="Dropping empty rows")
     if len(kept) < len(mapped):
         logger.warning("%s: %d of %d rows dropped: %s", desc, len(mapped) - len(kept), len(mapped), dropped_because)
@@ -184,23 +189,12 @@ def tokenize_pretrain(
     overwrite_cache: bool = False,
     what: str = "train",
 ) -> Dataset:
-    tokenized = dataset.map(
-        _text_batch,
-        batched=True,
-        num_proc=num_proc,
-        remove_columns=dataset.column_names,
-        load_from_cache_file=not overwrite_cache,
-        fn_kwargs={"tokenizer": tokenizer},
-        desc=f"Tokenizing {what}",
+    tokenized = map_batches(
+        dataset, _text_batch, {"tokenizer": tokenizer}, num_proc, overwrite_cache, f"Tokenizing {what}"
     )
-    return tokenized.map(
-        _blocks,
-        batched=True,
-        num_proc=num_proc,
-        load_from_cache_file=not overwrite_cache,
-        remove_columns=tokenized.column_names,
-        fn_kwargs={"block_size": block_size, "packing": packing},
-        desc=f"{'Packing' if packing else 'Chunking'} {what} into blocks of {block_size}",
+    into = f"{'Packing' if packing else 'Chunking'} {what} into blocks of {block_size}"
+    return map_batches(
+        tokenized, _blocks, {"block_size": block_size, "packing": packing}, num_proc, overwrite_cache, into
     )
 
 

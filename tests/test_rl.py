@@ -297,7 +297,7 @@ def test_ppo_under_torchrun_and_deepspeed(rl_models, tmp_path, launcher):
 
 
 def test_a_language_model_is_refused_as_reward_model(rl_models, tmp_path):
-    with pytest.raises(UserError, match=r"--reward_model_path .* is a language model .* not a reward model"):
+    with pytest.raises(UserError, match=r"--reward_model_path .* is a language model, not a reward model"):
         ppo_training.main(ppo_argv(rl_models, tmp_path / "out", "--reward_model_path", str(rl_models["sft"])))
     with pytest.raises(UserError, match=r"--reward_model_path \./nowhere: no such folder"):
         ppo_training.main(ppo_argv(rl_models, tmp_path / "out", "--reward_model_path", "./nowhere"))

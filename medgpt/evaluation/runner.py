@@ -2,10 +2,8 @@
 section, time it. Knows no section by name: it reads the table in medgpt.evaluation.sections."""
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -69,17 +67,9 @@ def arguments(**flags: Any) -> list[Any]:
 
 def model_kind(base_model: str, lora_model: str | None = None, trust_remote_code: bool = False) -> str:
     """ "reward" for a sequence classifier (or a SEQ_CLS adapter), else "causal"."""
-    from transformers import AutoConfig
+    from medgpt.model import saved_task
 
-    adapter_config = Path(lora_model or "", "adapter_config.json")
-    if lora_model and adapter_config.is_file():
-        return "reward" if json.loads(adapter_config.read_text()).get("task_type") == "SEQ_CLS" else "causal"
-    try:
-        config = AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError):
-        return "causal"  # load_saved names the flag and what is wrong with the folder
-    architectures = getattr(config, "architectures", None) or []
-    return "reward" if any(a.endswith("ForSequenceClassification") for a in architectures) else "causal"
+    return saved_task(base_model, lora_model, trust_remote_code) or "causal"
 
 
 def asked_sections(section_args: tuple[Any, ...]) -> list[tuple[Any, Any]]:
