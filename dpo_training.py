@@ -23,7 +23,7 @@ from medgpt.errors import run_cli
 
 logger = logging.getLogger(__name__)
 
-ARG_TYPES = (*args.PAIR_STAGE_ARGUMENTS, DPOConfig)
+ARG_TYPES = (*args.PAIR_STAGE_ARGUMENTS, args.OutputArguments, DPOConfig)
 DEFAULTS = {"do_train": True, "report_to": ["tensorboard"], "logging_steps": 10, "remove_unused_columns": False}
 TEXT_COLUMNS = ["prompt", "chosen", "rejected"]
 
@@ -44,16 +44,13 @@ def log_reference_cache(trainer: DPOTrainer, started: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> DPOTrainer:
-    model_args, lora_args, data_args, chat_args, pref_args, training_args = args.parse(ARG_TYPES, argv, DEFAULTS)
-    args.check_args(model_args, lora_args, data_args, training_args)
-    tokenizer, template = model.load_chat_tokenizer(model_args, chat_args)
-    preference.align_eos_with_template(tokenizer, template)
-
-    # Data is read, validated and rendered before anything is written to output_dir.
-    with training_args.main_process_first(desc="render pairs"):
-        splits = preference.load_pair_splits(
-            data_args, pref_args, tokenizer, template, training_args, model_args.cache_dir
-        )
+    model_args, lora_args, data_args, chat_args, pref_args, output_args, training_args = args.parse(
+        ARG_TYPES, argv, DEFAULTS
+    )
+    args.check_args(model_args, lora_args, data_args, training_args, output_args)
+    tokenizer, template, splits = preference.tokenizer_and_pairs(
+        model_args, chat_args, data_args, pref_args, training_args, align_eos=True
+    )
     max_length = training_args.max_length
 
     # The pairs already fit max_length, cut the right way (prompt first, stop tokens kept). TRL must not cut them
@@ -71,8 +68,7 @@ def main(argv: list[str] | None = None) -> DPOTrainer:
     )
     if training_args.precompute_ref_log_probs and trainer.is_world_process_zero():
         log_reference_cache(trainer, started)
-    saving.train_and_evaluate(trainer, template, chat_args.tool_format)
-    return trainer
+    return saving.train_and_evaluate(trainer, template, chat_args.tool_format)
 
 
 if __name__ == "__main__":

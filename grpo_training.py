@@ -112,19 +112,15 @@ class OnPolicyGRPOTrainer(GRPOTrainer):
             return super()._generate_single_turn(*args, **kwargs)
 
 
-ARG_TYPES = (*args.CHAT_STAGE_ARGUMENTS, GRPOArguments, GRPOFlags)
-DEFAULTS = {
-    "do_train": True,
-    "report_to": ["tensorboard"],
-    "logging_steps": 1,
-    "learning_rate": 1e-5,
-    "remove_unused_columns": False,
-}
+ARG_TYPES = (*args.CHAT_STAGE_ARGUMENTS, GRPOArguments, args.OutputArguments, GRPOFlags)
+DEFAULTS = args.RL_STAGE_DEFAULTS
 
 
 def main(argv: list[str] | None = None) -> OnPolicyGRPOTrainer:
-    model_args, lora_args, data_args, chat_args, grpo_args, training_args = args.parse(ARG_TYPES, argv, DEFAULTS)
-    args.check_args(model_args, lora_args, data_args, training_args)
+    model_args, lora_args, data_args, chat_args, grpo_args, output_args, training_args = args.parse(
+        ARG_TYPES, argv, DEFAULTS
+    )
+    args.check_args(model_args, lora_args, data_args, training_args, output_args)
     settings = RewardSettings.of(grpo_args, training_args.max_completion_length, str(training_args.device))
     reward_funcs = build_reward_funcs(grpo_args.reward_funcs, settings)
     weights = training_args.reward_weights
@@ -156,8 +152,7 @@ def main(argv: list[str] | None = None) -> OnPolicyGRPOTrainer:
         eval_dataset=splits.get("validation"),
         processing_class=tokenizer,
     )
-    saving.train_and_evaluate(trainer, template, chat_args.tool_format)
-    return trainer
+    return saving.train_and_evaluate(trainer, template, chat_args.tool_format)
 
 
 if __name__ == "__main__":

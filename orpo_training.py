@@ -18,26 +18,26 @@ from trl.experimental.orpo import ORPOConfig, ORPOTrainer  # noqa: E402
 from medgpt import args, model, preference, saving  # noqa: E402
 from medgpt.errors import run_cli  # noqa: E402
 
-ARG_TYPES = (*args.PAIR_STAGE_ARGUMENTS, ORPOConfig)  # MedicalGPT's --orpo_beta is read as --beta
+ARG_TYPES = (
+    *args.PAIR_STAGE_ARGUMENTS,
+    args.OutputArguments,
+    ORPOConfig,
+)  # MedicalGPT's --orpo_beta is read as --beta
 DEFAULTS = {"do_train": True, "report_to": ["tensorboard"], "logging_steps": 10, "remove_unused_columns": False}
 TEXT_COLUMNS = ["prompt", "chosen", "rejected"]
 
 
 def main(argv: list[str] | None = None) -> ORPOTrainer:
-    model_args, lora_args, data_args, chat_args, pref_args, training_args = args.parse(ARG_TYPES, argv, DEFAULTS)
-    args.check_args(model_args, lora_args, data_args, training_args)
-    tokenizer, template = model.load_chat_tokenizer(model_args, chat_args)
-    preference.align_eos_with_template(tokenizer, template)
-
-    # Data is read, validated and rendered before anything is written to output_dir.
-    with training_args.main_process_first(desc="render pairs"):
-        splits = preference.load_pair_splits(
-            data_args, pref_args, tokenizer, template, training_args, model_args.cache_dir, reserved_tokens=2
-        )
+    model_args, lora_args, data_args, chat_args, pref_args, output_args, training_args = args.parse(
+        ARG_TYPES, argv, DEFAULTS
+    )
+    args.check_args(model_args, lora_args, data_args, training_args, output_args)
+    tokenizer, template, splits = preference.tokenizer_and_pairs(
+        model_args, chat_args, data_args, pref_args, training_args, align_eos=True, reserved_tokens=2
+    )
     lm = model.load_model(model_args, lora_args, tokenizer, training_args, training_args.max_length)
     trainer = preference.pair_trainer(ORPOTrainer, lm, training_args, splits, TEXT_COLUMNS, tokenizer)
-    saving.train_and_evaluate(trainer, template, chat_args.tool_format)
-    return trainer
+    return saving.train_and_evaluate(trainer, template, chat_args.tool_format)
 
 
 if __name__ == "__main__":

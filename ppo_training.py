@@ -17,18 +17,12 @@ from transformers import AutoTokenizer, TrainingArguments
 
 from medgpt import args, model, prompts, saving
 from medgpt.errors import UserError, run_cli
-from medgpt.generation import stop_strings, stop_tokens
+from medgpt.generation import stop_strings
 from medgpt.ppo import REFERENCE_ADAPTER, PPOArguments, PPOTrainer
 from medgpt.scoring import RewardModelScorer
 
-ARG_TYPES = (*args.CHAT_STAGE_ARGUMENTS, PPOArguments, TrainingArguments)
-DEFAULTS = {
-    "do_train": True,
-    "report_to": ["tensorboard"],
-    "logging_steps": 1,
-    "learning_rate": 1e-5,
-    "remove_unused_columns": False,
-}
+ARG_TYPES = (*args.CHAT_STAGE_ARGUMENTS, PPOArguments, args.OutputArguments, TrainingArguments)
+DEFAULTS = args.RL_STAGE_DEFAULTS
 
 
 def load_critic(model_args, lora_args, training_args, ppo_args, value_model_path: str, tokenizer):
@@ -55,8 +49,10 @@ def load_critic(model_args, lora_args, training_args, ppo_args, value_model_path
 
 
 def main(argv: list[str] | None = None) -> PPOTrainer:
-    model_args, lora_args, data_args, chat_args, ppo_args, training_args = args.parse(ARG_TYPES, argv, DEFAULTS)
-    args.check_args(model_args, lora_args, data_args, training_args)
+    model_args, lora_args, data_args, chat_args, ppo_args, output_args, training_args = args.parse(
+        ARG_TYPES, argv, DEFAULTS
+    )
+    args.check_args(model_args, lora_args, data_args, training_args, output_args)
     if training_args.neftune_noise_alpha:
         raise UserError(
             f"--neftune_noise_alpha (--neft_alpha) {training_args.neftune_noise_alpha}: NEFTune noises the embeddings "
@@ -95,23 +91,19 @@ def main(argv: list[str] | None = None) -> PPOTrainer:
         ppo_args.value_model_path or ppo_args.reward_model_path,
         tokenizer,
     )
-    stops = stop_strings(template)
-    stop_ids, multi_token_stops = stop_tokens(tokenizer, stops)
     trainer = PPOTrainer(
         policy=policy,
         critic=critic,
         ref_policy=None if lora_args.use_peft else model.load_model(model_args, None, tokenizer, max_length=length),
         scorer=scorer,
         ppo_args=ppo_args,
-        stop_ids=stop_ids,
-        stop_strings=multi_token_stops,
+        stops=stop_strings(template),
         args=training_args,
         train_dataset=splits.get("train"),
         eval_dataset=splits.get("validation"),
         processing_class=tokenizer,
     )
-    saving.train_and_evaluate(trainer, template, chat_args.tool_format)
-    return trainer
+    return saving.train_and_evaluate(trainer, template, chat_args.tool_format)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from medgpt import args, data, loss, model, saving, tokenization
+from medgpt import args, data, model, saving, tokenization
 from medgpt.errors import UserError, run_cli
 from medgpt.lm_trainer import LMTrainer
 
@@ -39,14 +39,17 @@ ARG_TYPES = (
     args.DataArguments,
     PretrainArguments,
     args.LossArguments,
+    args.OutputArguments,
     TrainingArguments,
 )
 DEFAULTS = {"do_train": True, "report_to": ["tensorboard"], "logging_steps": 10, "remove_unused_columns": False}
 
 
 def main(argv: list[str] | None = None) -> LMTrainer:
-    model_args, lora_args, data_args, pt_args, loss_args, training_args = args.parse(ARG_TYPES, argv, DEFAULTS)
-    args.check_args(model_args, lora_args, data_args, training_args)
+    model_args, lora_args, data_args, pt_args, loss_args, output_args, training_args = args.parse(
+        ARG_TYPES, argv, DEFAULTS
+    )
+    args.check_args(model_args, lora_args, data_args, training_args, output_args)
     tokenizer = model.load_tokenizer(model_args)
     block_size = pt_args.block_size or min(1024, tokenizer.model_max_length)
     if block_size < 2:
@@ -76,18 +79,16 @@ def main(argv: list[str] | None = None) -> LMTrainer:
         )
 
     lm = model.load_model(model_args, lora_args, tokenizer, training_args, block_size)
-    if not training_args.use_liger_kernel:
-        loss.use_chunked_loss(lm, loss_args.loss_chunk_size)
     trainer = LMTrainer(
         model=lm,
         args=training_args,
+        loss_chunk_size=loss_args.loss_chunk_size,
         train_dataset=splits.get("train"),
         eval_dataset=splits.get("validation"),
         data_collator=tokenization.Collator(tokenizer.pad_token_id, flatten=model.padding_free(model_args)),
         processing_class=tokenizer,
     )
-    saving.train_and_evaluate(trainer, perplexity=True)
-    return trainer
+    return saving.train_and_evaluate(trainer, perplexity=True)
 
 
 if __name__ == "__main__":

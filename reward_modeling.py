@@ -15,25 +15,22 @@ from trl import RewardConfig, RewardTrainer
 from medgpt import args, model, preference, saving
 from medgpt.errors import run_cli
 
-ARG_TYPES = (*args.PAIR_STAGE_ARGUMENTS, RewardConfig)
+ARG_TYPES = (*args.PAIR_STAGE_ARGUMENTS, args.OutputArguments, RewardConfig)
 DEFAULTS = {"do_train": True, "report_to": ["tensorboard"], "logging_steps": 10, "remove_unused_columns": False}
 ID_COLUMNS = ["chosen_ids", "rejected_ids"]
 
 
 def main(argv: list[str] | None = None) -> RewardTrainer:
-    model_args, lora_args, data_args, chat_args, pref_args, training_args = args.parse(ARG_TYPES, argv, DEFAULTS)
-    args.check_args(model_args, lora_args, data_args, training_args)
-    tokenizer, template = model.load_chat_tokenizer(model_args, chat_args)
-
-    # Data is read, validated and tokenized before anything is written to output_dir.
-    with training_args.main_process_first(desc="render pairs"):
-        splits = preference.load_pair_splits(
-            data_args, pref_args, tokenizer, template, training_args, model_args.cache_dir
-        )
+    model_args, lora_args, data_args, chat_args, pref_args, output_args, training_args = args.parse(
+        ARG_TYPES, argv, DEFAULTS
+    )
+    args.check_args(model_args, lora_args, data_args, training_args, output_args)
+    tokenizer, template, splits = preference.tokenizer_and_pairs(
+        model_args, chat_args, data_args, pref_args, training_args, align_eos=False
+    )
     rm = model.load_model(model_args, lora_args, tokenizer, training_args, training_args.max_length, task="reward")
     trainer = preference.pair_trainer(RewardTrainer, rm, training_args, splits, ID_COLUMNS, tokenizer)
-    saving.train_and_evaluate(trainer, template, chat_args.tool_format)
-    return trainer
+    return saving.train_and_evaluate(trainer, template, chat_args.tool_format)
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ if wants grpo; then
     step grpo "GRPO: SFT model on data/grpo, rule rewards" env MODEL="$SFT" DATA=data/grpo OUTPUT="$OUT/grpo" \
         bash run_grpo.sh $COMMON --reward_funcs $GRPO_REWARDS \
         --reward_weights 1.0 1.0 --num_generations 4 --per_device_train_batch_size 8 --max_completion_length 48 \
-        --learning_rate 1e-4 --temperature 0.9 --max_steps "$(steps 10)"
+        --learning_rate 3e-4 --temperature 0.9 --max_steps "$(steps 20)"
     merge grpo "$SFT"
     evaluate grpo "held-out check: GRPO answers, rule rewards" "$OUT/merged-grpo" --prompt_file data/eval/grpo \
         --reward_funcs $GRPO_REWARDS --max_new_tokens 48 $PROMPT_SAMPLES

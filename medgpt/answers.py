@@ -349,6 +349,9 @@ def _overlap(answer_tokens: list[str], reference_tokens: list[str]) -> float:
     return (unigram + _f1(bigrams, list(zip(reference_tokens, reference_tokens[1:], strict=False)))) / 2
 
 
+SHORT_REFERENCE = 16  # tokens
+
+
 def _critical(tokens: list[str]) -> set[str]:
     """Tokens a near miss gets wrong: numbers (doses, counts, levels) and single letters (vitamin D, hepatitis B)."""
     return {t for t in tokens if any(c.isdigit() for c in t) or (len(t) == 1 and t.isascii() and t.isalpha())}
@@ -390,8 +393,8 @@ def agreement(answer: str, reference: str) -> float:
     1.0 when the answer asserts the reference (its tokens in order, not negated: "不需要高压氧治疗" does not assert
     "高压氧治疗" unless the reference itself says "不需要"); an enumeration of candidates gets the reference's share
     of them (1/6 for six antibiotics). Otherwise the token and bigram F1 over the clauses that do not negate,
-    scaled by the share of the reference's numbers and single letters the answer gets right (维生素D is not 维生素C,
-    "每日3次" is not "每日2次"). Numbers and units are compared normalized ("5克" equals "5g", "第二肋间" "第2肋间").
+    scaled, for a short reference, by the share of its numbers and single letters the answer gets right (维生素D is
+    not 维生素C, "每日3次" is not "每日2次"). Numbers and units are compared normalized ("5克" equals "5g", "第二肋间" "第2肋间").
     """
     reference_tokens, folded = tokenize(reference), normalize(answer)
     if not reference_tokens or not TOKEN.search(folded):
@@ -403,6 +406,8 @@ def agreement(answer: str, reference: str) -> float:
     if not reference_negates and negates(folded):  # what the answer rules out is no part of what it asserts
         folded = " ".join(part for part in CLAUSE_SEPARATOR.split(folded) if not negates(part))
     answer_tokens = TOKEN.findall(folded)
-    critical = _critical(reference_tokens)
+    # In a short reference (a drug, a dose, a level) one wrong number or letter makes a wrong answer; in a long
+    # explanation its numbers count as tokens like the others.
+    critical = _critical(reference_tokens) if len(reference_tokens) <= SHORT_REFERENCE else set()
     share = len(critical & set(answer_tokens)) / len(critical) if critical else 1.0
     return _overlap(answer_tokens, reference_tokens) * share if share else 0.0

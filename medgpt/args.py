@@ -66,7 +66,8 @@ class RemoteCodeArguments:
 
 @dataclass
 class OutputArguments:
-    """Added by parse() to every training script (transformers 5 dropped the flag MedicalGPT's scripts pass)."""
+    """Every training script's --overwrite_output_dir (transformers 5 dropped the flag MedicalGPT's scripts pass);
+    main() has the folder checked (args.check_args -> saving.check_output_dir) before anything runs."""
 
     overwrite_output_dir: bool = field(
         default=False,
@@ -137,7 +138,10 @@ class DataArguments:
 class ChatArguments:
     template_name: str | None = field(
         default=None,
-        metadata={"help": "Chat template name (see template.py), or auto/None for the tokenizer's own chat template."},
+        metadata={
+            "help": "Chat template name (see medgpt/chat/templates.py), or auto/None for the tokenizer's own chat "
+            "template."
+        },
     )
     tool_format: str | None = field(
         default=None, metadata={"help": "Text format of tool calls/results: default, qwen, glm4, llama3, mistral."}
@@ -243,6 +247,14 @@ def rename_legacy_flags(argv: list[str], parser: HfArgumentParser) -> list[str]:
 # The flags every chat stage shares; each stage script adds its own and its library config.
 CHAT_STAGE_ARGUMENTS = (ModelArguments, LoraArguments, DataArguments, ChatArguments)
 PAIR_STAGE_ARGUMENTS = (*CHAT_STAGE_ARGUMENTS, PreferenceArguments)
+# Library defaults the RL stages change: a log entry per rollout batch, a small learning rate, the prompt columns kept.
+RL_STAGE_DEFAULTS = {
+    "do_train": True,
+    "report_to": ["tensorboard"],
+    "logging_steps": 1,
+    "learning_rate": 1e-5,
+    "remove_unused_columns": False,
+}
 
 
 def _accelerator_available() -> bool:
@@ -259,7 +271,7 @@ def parse(types: tuple[type, ...], argv: list[str] | None = None, defaults: dict
     """
     own_flag = not any(f.name == "trust_remote_code" and f.init for t in types for f in fields(t))
     training = any(issubclass(t, TrainingArguments) for t in types)
-    extra = (RemoteCodeArguments,) * own_flag + (OutputArguments,) * training
+    extra = (RemoteCodeArguments,) * own_flag
     parser = HfArgumentParser((*types, *extra), allow_abbrev=False)
     parser.error = _usage_error  # one paragraph naming the flag, not argparse's whole usage text
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -302,7 +314,6 @@ def parse(types: tuple[type, ...], argv: list[str] | None = None, defaults: dict
             + (f" Did you mean: {', '.join(hints)}?" if hints else "")
             + " Run with --help to list every flag."
         )
-    output = parsed.pop() if training else None
     remote = (
         parsed.pop()
         if own_flag
@@ -312,15 +323,7 @@ def parse(types: tuple[type, ...], argv: list[str] | None = None, defaults: dict
         if isinstance(parsed_args, ModelArguments):
             parsed_args.trust_remote_code = remote.trust_remote_code
         if isinstance(parsed_args, TrainingArguments):
-            from medgpt import saving  # imports the Trainer: only training scripts pay for it
-
             check_training_values(parsed_args)
-            saving.check_output_dir(
-                parsed_args.output_dir,
-                parsed_args.resume_from_checkpoint,
-                output.overwrite_output_dir,
-                parsed_args.do_train,
-            )
     return tuple(parsed)
 
 
@@ -374,8 +377,10 @@ def check_args(
     lora_args: LoraArguments,
     data_args: DataArguments | None,
     training_args: TrainingArguments,
+    output_args: OutputArguments | None = None,
 ) -> None:
-    """Report every cross-flag problem at once, each with the fix."""
+    """Report every cross-flag problem at once, each with the fix; with `output_args`, then check the output folder
+    (saving.check_output_dir: writable, and no earlier run silently started over)."""
     problems = []
     if not model_args.model_name_or_path:
         problems.append("--model_name_or_path is required (a local model folder or a hub id).")
@@ -407,6 +412,10 @@ def check_args(
         problems.append("4/8-bit loading does not work with DeepSpeed ZeRO-3; use zero2.json or drop quantization.")
     if problems:
         raise UserError("invalid arguments:\n  - " + "\n  - ".join(problems))
+    if output_args is not None:
+        from medgpt import saving  # imports the Trainer: only training scripts pay for it
+
+        saving.check_output_dir(training_args, output_args)
 
 
 def wants_eval(training_args: TrainingArguments) -> bool:

@@ -222,9 +222,9 @@ NEXT_ROLES = {
 }
 
 
-def check_turn_order(messages: list[dict], report: ReadReport) -> list[dict]:
-    """System first (optional), then user -> assistant [-> tool ... -> assistant] turns. A trailing question with
-    no answer is dropped (there is nothing to learn from it) and counted; any other order is an error."""
+def walk_turns(messages: list[dict], report: ReadReport | None = None) -> None:
+    """The one turn-order state machine: system first (optional), then user -> assistant [-> tool ... -> assistant]
+    turns. Any other order is a RowError naming the turn."""
     start = 1 if messages and messages[0]["role"] == "system" else 0
     state = "start"
     for i in range(start, len(messages)):
@@ -238,9 +238,16 @@ def check_turn_order(messages: list[dict], report: ReadReport) -> list[dict]:
                 f"{article} {role!r} turn cannot follow {after}; expected {expected} (turns alternate user -> "
                 "assistant, and a tool result follows the assistant turn that called the tool)",
             )
-        if role == "tool" and state == "assistant":
+        if role == "tool" and state == "assistant" and report is not None:
             report.notes["tool result after an answer that made no structured tool call"] += 1
         state = "tool_call" if role == "assistant" and messages[i].get("tool_calls") else role
+
+
+def check_turn_order(messages: list[dict], report: ReadReport) -> list[dict]:
+    """A chat in a valid order (walk_turns). A trailing question with no answer is dropped (there is nothing to learn
+    from it) and counted."""
+    walk_turns(messages, report)
+    start = 1 if messages and messages[0]["role"] == "system" else 0
     end = len(messages)
     while end > start and messages[end - 1]["role"] in ("user", "tool"):
         end -= 1
@@ -365,20 +372,11 @@ def normalize_preference(row: dict, report: ReadReport) -> dict:
 
 
 def check_prompt_order(prompt: list[dict]) -> None:
-    """The turns before the two answers: valid order, ending with the user (or a tool result) to answer."""
+    """The turns before the two answers: in a valid order (walk_turns), ending with the user (or a tool result)."""
     if not prompt or prompt[-1]["role"] not in ("user", "tool"):
         last = prompt[-1]["role"] if prompt else "nothing"
         raise RowError("prompt", f"must end with a user turn (or a tool result) to answer, but ends with {last}")
-    start = 1 if prompt[0]["role"] == "system" else 0
-    state = "start"
-    for i in range(start, len(prompt)):
-        role = prompt[i]["role"]
-        if role not in NEXT_ROLES[state]:
-            raise RowError(
-                f"turn {i}",
-                f"a {role!r} turn cannot follow {state!r}; expected {' or '.join(sorted(NEXT_ROLES[state]))}",
-            )
-        state = "tool_call" if role == "assistant" and prompt[i].get("tool_calls") else role
+    walk_turns(prompt)
 
 
 # ---------------------------------------------------------------- prompts to answer (inference, PPO, GRPO)

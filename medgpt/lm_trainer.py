@@ -1,4 +1,8 @@
-"""The Trainer of pre-training and SFT: transformers' Trainer plus token throughput in every training log entry.
+"""The Trainer of pre-training and SFT: transformers' Trainer, the one decision of how the token loss is computed,
+and token throughput in every training log entry.
+
+The loss: Liger's fused kernel when --use_liger_kernel (the Trainer applies it), else the chunked loss of
+medgpt.loss when --loss_chunk_size > 0 and the model allows it, else the model's own.
 
 Samples per second say little once rows are packed (a packed row holds several samples) or when prompts are long
 (only answer tokens are learnt from), so each log entry also gets `train_tokens_per_second` (real tokens, padding
@@ -10,12 +14,15 @@ import time
 import torch
 from transformers import Trainer
 
+from medgpt.loss import use_chunked_loss
 from medgpt.tokenization import count_tokens
 
 
 class LMTrainer(Trainer):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, model, args, *, loss_chunk_size: int = 0, **kwargs) -> None:
+        if not args.use_liger_kernel:
+            use_chunked_loss(model, loss_chunk_size)  # before the Trainer wraps the model
+        super().__init__(model=model, args=args, **kwargs)
         self._tokens = torch.zeros(2, dtype=torch.long)  # real, supervised since the last log entry
         self._window_start: float | None = None
 

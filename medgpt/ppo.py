@@ -34,7 +34,7 @@ from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, sel
 
 from medgpt import ppo_math
 from medgpt.errors import UserError
-from medgpt.generation import cut_at_stop, sampling_exactly_as_given
+from medgpt.generation import cut_at_stop, generation_kwargs, sampling_exactly_as_given, stop_tokens
 
 logger = logging.getLogger(__name__)
 VALUE_MODEL_DIR = "value_model"
@@ -195,8 +195,7 @@ class PPOTrainer(Trainer):
         ref_policy: nn.Module | None,
         scorer,
         ppo_args: PPOArguments,
-        stop_ids: list[int],
-        stop_strings: list[str],
+        stops: list[str],
         **trainer_kwargs,
     ) -> None:
         check_trainer_internals()
@@ -209,7 +208,16 @@ class PPOTrainer(Trainer):
         if ref_policy is not None:
             ref_policy.requires_grad_(False).eval().to(self.args.device)
         self.scorer, self.ppo_args = scorer, ppo_args
-        self.stop_ids, self.stop_strings = stop_ids, stop_strings
+        # The template's stops end a rollout as they end a chat answer (medgpt.generation); sampling is on-policy:
+        # softmax(logits / temperature) over the whole vocabulary, nothing else.
+        self.stop_ids, self.stop_strings = stop_tokens(self.processing_class, stops)
+        self.generate_kwargs = {
+            **generation_kwargs(
+                self.processing_class, stops, ppo_args.response_length, ppo_args.temperature, 1.0, 1.0
+            ),
+            "top_k": 0,
+            "use_cache": True,
+        }
         self.kl_ctl = ppo_math.AdaptiveKLController(ppo_args.kl_coef, ppo_args.kl_target, ppo_args.kl_horizon)
         self.rollout_size = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
         self.rollout_size *= ppo_args.num_mini_batches
@@ -393,17 +401,7 @@ class PPOTrainer(Trainer):
             unwrapped.eval()
             with sampling_exactly_as_given(unwrapped.policy):
                 output = unwrapped.policy.generate(
-                    input_ids=queries,
-                    attention_mask=query_mask,
-                    max_new_tokens=ppo.response_length,
-                    do_sample=True,
-                    temperature=ppo.temperature,
-                    top_k=0,
-                    top_p=1.0,
-                    use_cache=True,
-                    eos_token_id=self.stop_ids,
-                    pad_token_id=tokenizer.pad_token_id,
-                    **({"stop_strings": self.stop_strings, "tokenizer": tokenizer} if self.stop_strings else {}),
+                    input_ids=queries, attention_mask=query_mask, **self.generate_kwargs
                 )
             unwrapped.train()
         responses = output[:, queries.shape[1] :]

@@ -189,3 +189,27 @@ def pair_trainer(
         processing_class=tokenizer,
         **extra,
     )
+
+
+def tokenizer_and_pairs(
+    model_args, chat_args, data_args, pref_args, training_args, *, align_eos: bool, reserved_tokens=0
+):
+    """(tokenizer, template, splits) of a pair stage: the chat tokenizer (its eos aligned with the template's stop
+    for TRL's DPO/ORPO), and the pairs read, validated and rendered on the main process first, before anything is
+    written to output_dir."""
+    from medgpt import model
+
+    tokenizer, template = model.load_chat_tokenizer(model_args, chat_args)
+    if align_eos:
+        align_eos_with_template(tokenizer, template)
+    with training_args.main_process_first(desc="render pairs"):
+        splits = load_pair_splits(
+            data_args,
+            pref_args,
+            tokenizer,
+            template,
+            training_args,
+            model_args.cache_dir,
+            reserved_tokens=reserved_tokens,
+        )
+    return tokenizer, template, splits

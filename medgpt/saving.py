@@ -122,9 +122,11 @@ def checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(folders, key=lambda p: int(p.name[11:]))
 
 
-def check_output_dir(output_dir: str, resume: str | bool | None, overwrite: bool, training: bool) -> None:
-    """Before anything runs: --output_dir must be a writable folder, and a training run must not silently start
-    from scratch over an earlier run's checkpoints or saved model."""
+def check_output_dir(training_args, output_args) -> None:
+    """Before anything runs (each training script's main calls it): --output_dir must be a writable folder, and a
+    training run must not silently start from scratch over an earlier run's checkpoints or saved model."""
+    output_dir, resume = training_args.output_dir, training_args.resume_from_checkpoint
+    overwrite, training = output_args.overwrite_output_dir, training_args.do_train
     path = Path(output_dir)
     if path.exists() and not path.is_dir():
         raise UserError(f"--output_dir {output_dir} is a file, not a folder; pass a folder path.")
@@ -188,7 +190,7 @@ def resume_checkpoint(value: str | bool | None, output_dir: str | Path) -> str |
 
 def train_and_evaluate(
     trainer: Trainer, template=None, tool_format: str | None = None, perplexity: bool = False
-) -> None:
+) -> Trainer:
     """How every stage ends: train (resuming when --resume_from_checkpoint says so) and save everything, then
     evaluate when there is an eval split and --do_eval asks for it. A stop signal ends training after the step
     with a checkpoint (`Interrupted`); weights that become NaN/inf end it without one (UserError); in both cases no
@@ -212,6 +214,7 @@ def train_and_evaluate(
         save_outputs(trainer, template, tool_format, result.metrics)
     if trainer.eval_dataset is not None and trainer.args.do_eval:
         evaluate(trainer, perplexity)
+    return trainer
 
 
 def _last_checkpoint(output_dir: str) -> str:

@@ -358,7 +358,7 @@ def test_medicalgpt_grpo_flags_parse():
     flags += " --lora_target_modules q_proj k_proj v_proj o_proj gate_proj up_proj down_proj --lora_r 16"
     flags += " --lora_alpha 32 --lora_dropout 0.1 --per_device_train_batch_size 4 --per_device_eval_batch_size 1"
     flags += " --num_generations 4 --gradient_accumulation_steps 1 --max_completion_length 512"
-    model_args, lora_args, data_args, _, grpo_args, config = args.parse(
+    model_args, lora_args, data_args, _, grpo_args, _, config = args.parse(
         grpo_training.ARG_TYPES, ["--model_name_or_path", "m", *flags.split()], grpo_training.DEFAULTS
     )
     assert model_args.torch_dtype == "bfloat16" and lora_args.lora_rank == 16 and config.warmup_steps == 0.03
