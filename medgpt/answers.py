@@ -394,7 +394,8 @@ def agreement(answer: str, reference: str) -> float:
     "高压氧治疗" unless the reference itself says "不需要"); an enumeration of candidates gets the reference's share
     of them (1/6 for six antibiotics). Otherwise the token and bigram F1 over the clauses that do not negate,
     scaled, for a short reference, by the share of its numbers and single letters the answer gets right (维生素D is
-    not 维生素C, "每日3次" is not "每日2次"). Numbers and units are compared normalized ("5克" equals "5g", "第二肋间" "第2肋间").
+    not 维生素C, "每日3次" is not "每日2次"). Numbers and units are compared normalized ("5克" equals "5g",
+    "第二肋间" equals "第2肋间").
     """
     reference_tokens, folded = tokenize(reference), normalize(answer)
     if not reference_tokens or not TOKEN.search(folded):
