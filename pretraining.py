@@ -79,14 +79,8 @@ def main(argv: list[str] | None = None) -> LMTrainer:
         )
 
     lm = model.load_model(model_args, lora_args, tokenizer, training_args, block_size)
-    trainer = LMTrainer(
-        model=lm,
-        args=training_args,
-        loss_chunk_size=loss_args.loss_chunk_size,
-        train_dataset=splits.get("train"),
-        eval_dataset=splits.get("validation"),
-        data_collator=tokenization.Collator(tokenizer.pad_token_id, flatten=model.padding_free(model_args)),
-        processing_class=tokenizer,
+    trainer = LMTrainer.on_splits(
+        lm, training_args, splits, tokenizer, loss_args.loss_chunk_size, model.padding_free(model_args)
     )
     return saving.train_and_evaluate(trainer, perplexity=True)
 

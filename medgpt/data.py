@@ -131,28 +131,15 @@ def read_rows(
 
 
 def _rows_from_files(
-    files: list[tuple[str, int, int]],
-    kind: Kind,
-    skip_bad_rows: bool,
-    keep_linebreaks: bool,
-    report: ReadReport,
-    version: str,
+    files: list[tuple[str, int, int]], reading: dict, report: ReadReport, version: str
 ) -> Iterator[dict]:
-    # (path, size, mtime) identify the files so the datasets cache is invalidated when one changes.
-    sources = [(path, file_rows(Path(path))) for path, _, _ in files]
-    yield from read_rows(sources, kind, skip_bad_rows, keep_linebreaks, report)
+    # (path, size, mtime) identify the files so the datasets cache is invalidated when one changes; `reading` holds
+    # read_rows' settings (kind, skip_bad_rows, keep_linebreaks), `version` the toolkit's, for the cache too.
+    yield from read_rows([(path, file_rows(Path(path))) for path, _, _ in files], report=report, **reading)
 
 
-def _rows_from_dataset(
-    dataset: Dataset,
-    name: str,
-    kind: Kind,
-    skip_bad_rows: bool,
-    keep_linebreaks: bool,
-    report: ReadReport,
-    version: str,
-) -> Iterator[dict]:
-    yield from read_rows([(name, enumerate(dataset, 1))], kind, skip_bad_rows, keep_linebreaks, report)
+def _rows_from_dataset(dataset: Dataset, name: str, reading: dict, report: ReadReport, version: str) -> Iterator[dict]:
+    yield from read_rows([(name, enumerate(dataset, 1))], report=report, **reading)
 
 
 def _build(generator: Callable, gen_kwargs: dict, what: str, cache_dir: str | None) -> Dataset:
@@ -199,12 +186,8 @@ def load_split(
     cache_dir: str | None = None,
 ) -> Dataset:
     stamped = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return _build(
-        _rows_from_files,
-        {"files": stamped, "kind": kind, "skip_bad_rows": data_args.skip_bad_rows, "keep_linebreaks": keep_linebreaks},
-        what,
-        cache_dir,
-    )
+    reading = {"kind": kind, "skip_bad_rows": data_args.skip_bad_rows, "keep_linebreaks": keep_linebreaks}
+    return _build(_rows_from_files, {"files": stamped, "reading": reading}, what, cache_dir)
 
 
 def load_hub_split(
@@ -215,18 +198,8 @@ def load_hub_split(
     keep_linebreaks: bool,
     cache_dir: str | None = None,
 ) -> Dataset:
-    return _build(
-        _rows_from_dataset,
-        {
-            "dataset": dataset,
-            "name": name,
-            "kind": kind,
-            "skip_bad_rows": data_args.skip_bad_rows,
-            "keep_linebreaks": keep_linebreaks,
-        },
-        name,
-        cache_dir,
-    )
+    reading = {"kind": kind, "skip_bad_rows": data_args.skip_bad_rows, "keep_linebreaks": keep_linebreaks}
+    return _build(_rows_from_dataset, {"dataset": dataset, "name": name, "reading": reading}, name, cache_dir)
 
 
 def load_datasets(

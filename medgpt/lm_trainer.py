@@ -15,7 +15,7 @@ import torch
 from transformers import Trainer
 
 from medgpt.loss import use_chunked_loss
-from medgpt.tokenization import count_tokens
+from medgpt.tokenization import Collator, count_tokens
 
 
 class LMTrainer(Trainer):
@@ -25,6 +25,20 @@ class LMTrainer(Trainer):
         super().__init__(model=model, args=args, **kwargs)
         self._tokens = torch.zeros(2, dtype=torch.long)  # real, supervised since the last log entry
         self._window_start: float | None = None
+
+    @classmethod
+    def on_splits(cls, model, args, splits: dict, tokenizer, loss_chunk_size: int, padding_free: bool) -> "LMTrainer":
+        """PT's and SFT's trainer: the prepared train/validation splits, our collator (flattened rows when the
+        attention kernel is padding-free)."""
+        return cls(
+            model=model,
+            args=args,
+            loss_chunk_size=loss_chunk_size,
+            train_dataset=splits.get("train"),
+            eval_dataset=splits.get("validation"),
+            data_collator=Collator(tokenizer.pad_token_id, flatten=padding_free),
+            processing_class=tokenizer,
+        )
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self._window_start is None:
