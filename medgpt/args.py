@@ -48,13 +48,18 @@ class ModelArguments:
     )
     attn_implementation: Literal[ATTENTION] = field(default="sdpa", metadata={"help": "Attention kernel."})
 
-    def __post_init__(self) -> None:
-        if self.device_map in ("None", "none", ""):
-            self.device_map = None
-        if self.torch_dtype == "auto":
-            self.torch_dtype = None
-        if self.flash_attn:
-            self.attn_implementation = "flash_attention_2"
+    # Read through these, not the raw fields: the flags keep the values given, these say what they mean.
+    def dtype(self) -> str | None:
+        """The weight dtype asked for; None (also for auto) keeps the checkpoint's."""
+        return None if self.torch_dtype in (None, "auto") else self.torch_dtype
+
+    def attention(self) -> str:
+        """The attention kernel; --flash_attn is MedicalGPT's switch for flash_attention_2."""
+        return "flash_attention_2" if self.flash_attn else self.attn_implementation
+
+    def placement(self) -> str | None:
+        """--device_map, with none/None/"" meaning no device map."""
+        return None if self.device_map in (None, "None", "none", "") else self.device_map
 
 
 @dataclass
@@ -403,7 +408,7 @@ def check_args(
         folder = getattr(data_args, flag, None)
         if folder and not Path(folder).is_dir():
             problems.append(f"--{flag} {folder} is not a directory.")
-    if not lora_args.use_peft and model_args.torch_dtype == "float16" and training_args.fp16:
+    if not lora_args.use_peft and model_args.dtype() == "float16" and training_args.fp16:
         problems.append(
             "full fine-tuning with --torch_dtype float16 and --fp16 cannot unscale fp16 gradients; use --torch_dtype "
             "bfloat16 --bf16, or --torch_dtype float32 --fp16."

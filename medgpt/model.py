@@ -86,7 +86,7 @@ def load_chat_tokenizer(model_args: ModelArguments, chat_args: ChatArguments, pa
 
 def padding_free(model_args: ModelArguments) -> bool:
     """FlashAttention-2 takes variable-length sequences, so batches need no padding at all."""
-    return model_args.attn_implementation == "flash_attention_2"
+    return model_args.attention() == "flash_attention_2"
 
 
 def quantization_config(model_args: ModelArguments, lora_args: LoraArguments | None) -> BitsAndBytesConfig | None:
@@ -97,7 +97,7 @@ def quantization_config(model_args: ModelArguments, lora_args: LoraArguments | N
         raise UserError("--load_in_4bit/--load_in_8bit/--qlora need bitsandbytes: pip install bitsandbytes")
     if model_args.load_in_8bit:
         return BitsAndBytesConfig(load_in_8bit=True)
-    compute = getattr(torch, model_args.torch_dtype) if model_args.torch_dtype else torch.float32
+    compute = getattr(torch, model_args.dtype()) if model_args.dtype() else torch.float32
     if not torch.cuda.is_available() and compute == torch.float16:
         compute = torch.float32  # fp16 matmuls are not implemented for the CPU path
     return BitsAndBytesConfig(
@@ -115,7 +115,7 @@ def _device_map(model_args: ModelArguments, training_args: TrainingArguments | N
         return {"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"}
     if not torch.cuda.is_available():
         return None
-    return model_args.device_map
+    return model_args.placement()
 
 
 def _check_attention(name: str) -> None:
@@ -189,18 +189,18 @@ def load_model(
     except (OSError, ValueError) as err:
         raise _cannot_load("model config", path, err) from None
     _rope_scaling(config, model_args, max_length)
-    _check_attention(model_args.attn_implementation)
+    _check_attention(model_args.attention())
     quantization = quantization_config(model_args, lora_args)
     model_class = AutoModelForSequenceClassification if task == "reward" else AutoModelForCausalLM
     if task == "reward":
         config.num_labels = 1  # one score per sequence
-    dtype = getattr(torch, model_args.torch_dtype) if model_args.torch_dtype else "auto"
+    dtype = getattr(torch, model_args.dtype()) if model_args.dtype() else "auto"
     try:
         model = model_class.from_pretrained(
             path,
             config=config,
             dtype=dtype,
-            attn_implementation=model_args.attn_implementation,
+            attn_implementation=model_args.attention(),
             quantization_config=quantization,
             device_map=_device_map(model_args, training_args, quantization is not None),
             **_hub_kwargs(model_args),

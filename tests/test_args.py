@@ -103,8 +103,9 @@ def test_validation_split_range():
 
 
 def test_flash_attn_flag_selects_flash_attention():
-    assert args.ModelArguments(flash_attn=True).attn_implementation == "flash_attention_2"
-    assert args.ModelArguments(device_map="None").device_map is None
+    assert args.ModelArguments(flash_attn=True).attention() == "flash_attention_2"
+    assert args.ModelArguments(device_map="None").placement() is None
+    assert args.ModelArguments(torch_dtype="auto").dtype() is None
 
 
 def test_eval_strategy_without_eval_split_fails_early(tmp_path):
