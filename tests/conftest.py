@@ -26,6 +26,22 @@ torch.set_num_threads(1)
 REFERENCE_DATA = Path(__file__).resolve().parents[2] / "shared" / "reference" / "medicalgpt-data"
 
 
+def pytest_configure(config) -> None:
+    """DeepSpeed on the CPU compiles its shared-memory op on first use (about a minute on two cores).
+
+    It goes to a folder of this checkout, not ~/.cache: torch waits forever on the lock file a killed build
+    leaves behind, so one interrupted run elsewhere must not hang every DeepSpeed test after it. A build
+    takes a minute, so a lock older than ten minutes is such a leftover and is removed.
+    """
+    import time
+
+    extensions = Path(config.cache.mkdir("torch_extensions"))
+    for lock in extensions.glob("*/lock"):
+        if time.time() - lock.stat().st_mtime > 600:
+            lock.unlink()
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(extensions)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     from tiny_model import build_tiny_model
