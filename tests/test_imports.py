@@ -2,6 +2,7 @@
 script, tool or benchmark patches sys.path (the package is installed: `pip install -e .`)."""
 
 import ast
+import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,12 +65,22 @@ def test_the_cycle_finder_finds_one():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+def _python_sources():
+    """Every .py file outside tests and the venv, and the code cells of the notebooks, as (name, source)."""
+    for path in ROOT.glob("**/*.py"):
+        if not {".venv", "tests", "build"} & set(path.relative_to(ROOT).parts):
+            yield str(path.relative_to(ROOT)), path.read_text(encoding="utf-8")
+    for path in ROOT.glob("notebooks/*.ipynb"):
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        for number, cell in enumerate(cells):
+            if cell["cell_type"] == "code":
+                yield f"{path.relative_to(ROOT)} cell {number}", "".join(cell["source"])
+
+
 def test_nothing_patches_sys_path():
     offenders = []
-    for path in ROOT.glob("**/*.py"):
-        if {".venv", "tests", "build"} & set(path.relative_to(ROOT).parts):
-            continue
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+    for name, source in _python_sources():
+        tree = ast.parse(source)
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr in {"insert", "append", "extend"}:
                 target = node.value
@@ -78,5 +89,5 @@ def test_nothing_patches_sys_path():
                     and target.attr == "path"
                     and getattr(target.value, "id", "") == "sys"
                 ):
-                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+                    offenders.append(f"{name}:{node.lineno}")
     assert not offenders, offenders
