@@ -16,11 +16,20 @@ MARKERS = ("config.json", "adapter_config.json")
 
 
 @contextlib.contextmanager
-def writing(path: str | Path) -> Iterator[IO[str]]:
-    """A text file (UTF-8) to write, published at `path` when the block ends without an error."""
+def writing(path: str | Path, newline: str | None = None) -> Iterator[IO[str]]:
+    """A text file (UTF-8) to write, published at `path` when the block ends without an error. Bytes that were read
+    as lone surrogates (errors="surrogateescape") are written back unchanged; newline="" keeps line ends as given."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", dir=out.parent, prefix=f".{out.name}.", delete=False, encoding="utf-8")
+    handle = tempfile.NamedTemporaryFile(
+        "w",
+        dir=out.parent,
+        prefix=f".{out.name}.",
+        delete=False,
+        encoding="utf-8",
+        errors="surrogateescape",
+        newline=newline,
+    )
     try:
         with handle:
             yield handle

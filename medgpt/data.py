@@ -92,6 +92,48 @@ def file_rows(path: Path) -> Iterator[tuple[int, Any]]:
             yield number, row
 
 
+def numbered_rows(
+    name: str,
+    rows: Iterator[tuple[int, Any]],
+    kind: Kind,
+    skip_bad_rows: bool,
+    keep_linebreaks: bool,
+    report: ReadReport,
+) -> Iterator[tuple[int, Any, dict]]:
+    """(line number, row as read, normalized row) for every good row of one source, as training reads it.
+
+    A bad row stops with `name:line: problem` (or, with skip_bad_rows, is counted in `report` and left out); an
+    empty source is an error. The data tools (tools/*.py) read through this too, so they accept what training does.
+    """
+    normalize = NORMALIZERS[kind]
+    count, skipped_before = 0, sum(report.skipped.values())
+    for number, row in rows:
+        try:
+            if isinstance(row, RowError):
+                raise row
+            if kind == "text" and isinstance(row, str):
+                row = row if keep_linebreaks else row.rstrip("\r\n")
+            normalized = normalize(row, report)
+            if normalized is None:
+                report.skipped["conversation without any answer"] += 1
+                continue
+            if error := _not_text(normalized):
+                raise error
+            yield number, row, normalized
+            count += 1
+        except RowError as err:
+            if not skip_bad_rows:
+                raise UserError(
+                    f"{name}:{number}: {err}. Fix the row, or pass --skip_bad_rows to skip bad rows and count them."
+                ) from None
+            report.skipped["invalid JSON" if str(err).startswith("invalid JSON") else str(err).split(":")[0]] += 1
+            if len(report.examples) < report.example_limit:
+                report.examples.append(f"{name}:{number}: {err}")
+    report.rows += count
+    if count == 0 and sum(report.skipped.values()) == skipped_before:
+        raise UserError(f"{name}: no rows found (empty file). Remove it or add data.")
+
+
 def read_rows(
     sources: list[tuple[str, Iterator[tuple[int, Any]]]],
     kind: Kind,
@@ -99,35 +141,9 @@ def read_rows(
     keep_linebreaks: bool,
     report: ReadReport,
 ) -> Iterator[dict]:
-    normalize = NORMALIZERS[kind]
     for name, rows in sources:
-        count, skipped_before = 0, sum(report.skipped.values())
-        for number, row in rows:
-            try:
-                if isinstance(row, RowError):
-                    raise row
-                if kind == "text" and isinstance(row, str):
-                    row = row if keep_linebreaks else row.rstrip("\r\n")
-                normalized = normalize(row, report)
-                if normalized is None:
-                    report.skipped["conversation without any answer"] += 1
-                    continue
-                if error := _not_text(normalized):
-                    raise error
-                yield normalized
-                count += 1
-            except RowError as err:
-                if not skip_bad_rows:
-                    raise UserError(
-                        f"{name}:{number}: {err}. Fix the row, or pass --skip_bad_rows to skip bad rows and count "
-                        "them."
-                    ) from None
-                report.skipped["invalid JSON" if str(err).startswith("invalid JSON") else str(err).split(":")[0]] += 1
-                if len(report.examples) < 3:
-                    report.examples.append(f"{name}:{number}: {err}")
-        report.rows += count
-        if count == 0 and sum(report.skipped.values()) == skipped_before:
-            raise UserError(f"{name}: no rows found (empty file). Remove it or add data.")
+        for _, _, normalized in numbered_rows(name, rows, kind, skip_bad_rows, keep_linebreaks, report):
+            yield normalized
 
 
 def _rows_from_files(

@@ -53,6 +53,7 @@ class ReadReport:
     skipped: Counter = field(default_factory=Counter)
     notes: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
+    example_limit: int = 3  # tools/validate_jsonl.py keeps every problem
 
     def to_json(self) -> dict:
         return {"rows": self.rows, "skipped": self.skipped, "notes": self.notes, "examples": self.examples}
