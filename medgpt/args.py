@@ -274,7 +274,10 @@ def parse(types: tuple[type, ...], argv: list[str] | None = None, defaults: dict
     Unknown flags are an error. `defaults` are a script's own defaults for library flags (e.g. report_to).
     A single `.json`/`.yaml` argument is read as a config file, as MedicalGPT's SFT script allowed.
     """
-    own_flag = not any(f.name == "trust_remote_code" and f.init for t in types for f in fields(t))
+    # ModelArguments takes --trust_remote_code from the type that declares it (TRL configs do), else from ours;
+    # scripts that load no model through ModelArguments get no such flag.
+    wants_remote = any(issubclass(t, ModelArguments) for t in types)
+    own_flag = wants_remote and not any(f.name == "trust_remote_code" and f.init for t in types for f in fields(t))
     training = any(issubclass(t, TrainingArguments) for t in types)
     extra = (RemoteCodeArguments,) * own_flag
     parser = HfArgumentParser((*types, *extra), allow_abbrev=False)
@@ -319,11 +322,9 @@ def parse(types: tuple[type, ...], argv: list[str] | None = None, defaults: dict
             + (f" Did you mean: {', '.join(hints)}?" if hints else "")
             + " Run with --help to list every flag."
         )
-    remote = (
-        parsed.pop()
-        if own_flag
-        else next(p for p in parsed if any(f.name == "trust_remote_code" and f.init for f in fields(p)))
-    )
+    remote = parsed.pop() if own_flag else None
+    if wants_remote and remote is None:
+        remote = next(p for p in parsed if any(f.name == "trust_remote_code" and f.init for f in fields(p)))
     for parsed_args in parsed:
         if isinstance(parsed_args, ModelArguments):
             parsed_args.trust_remote_code = remote.trust_remote_code
