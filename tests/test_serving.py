@@ -4,15 +4,12 @@ headless Chromium."""
 import concurrent.futures
 import json
 import shutil
-import socket
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import write_jsonl
+from conftest import free_port, running, write_jsonl
 
 import openai_api
 import supervised_finetuning
@@ -30,12 +27,6 @@ WEATHER_TOOL = {
     },
 }
 CITIES = ["Beijing", "Shanghai", "Paris", "London", "Tokyo", "Berlin", "Madrid", "Rome"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -66,22 +57,6 @@ def tool_model(tiny_model_dir, tmp_path_factory) -> Path:
         + ["--save_strategy", "no", "--validation_split_percentage", "0", "--disable_tqdm", "True"]
     )
     return root / "model"
-
-
-@contextmanager
-def running(app):
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
