@@ -18,6 +18,12 @@ SCRIPTS = [
     "merge_peft_adapter",
     "inference",
     "tools.prepare_model",
+    "tools.convert_dataset",
+    "tools.validate_jsonl",
+    "tools.dedup",
+    "tools.check_contamination",
+    "tools.scan_phi",
+    "tools.generate_dialogues",
 ]
 TYPES = (args.ModelArguments, args.LoraArguments, args.DataArguments, TrainingArguments)
 

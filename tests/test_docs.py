@@ -61,7 +61,7 @@ def test_documented_flags_are_the_scripts_flags(script, capsys):
     """Every flag in the tables is one the script's --help lists (the tables come from the parser's own types)."""
     spec = flag_docs.script_args(script)
     documented = {f"--{f.name}" for cls in spec.own for f in dataclasses.fields(cls) if f.init}
-    module = importlib.import_module(Path(script).stem)
+    module = importlib.import_module(script.removesuffix(".py").replace("/", "."))
     with pytest.raises(SystemExit):
         module.main(["--help"])
     listed = set(re.findall(r"--\w+", capsys.readouterr().out))

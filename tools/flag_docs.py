@@ -42,6 +42,12 @@ PAGES = {
     "openai_api.py": "docs/serving.md",
     "gradio_demo.py": "docs/serving.md",
     "evaluate_model.py": "docs/evaluation.md",
+    "tools/convert_dataset.py": "docs/data_tools.md",
+    "tools/validate_jsonl.py": "docs/data_tools.md",
+    "tools/dedup.py": "docs/data_tools.md",
+    "tools/check_contamination.py": "docs/data_tools.md",
+    "tools/scan_phi.py": "docs/data_tools.md",
+    "tools/generate_dialogues.py": "docs/data_tools.md",
 }
 
 # Library configs (subclasses of transformers.TrainingArguments) by class name: the name users import, and its docs.
