@@ -47,6 +47,21 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 @contextlib.contextmanager
+def staged_file(path: str | Path) -> Iterator[Path]:
+    """A temporary sibling path for a writer that opens files itself (GGUF); renamed to `path` on success."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, name = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    os.close(descriptor)
+    try:
+        yield Path(name)
+        os.replace(name, out)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
 def staged_folder(path: str | Path) -> Iterator[Path]:
     """A temporary sibling folder to fill; it replaces `path` (a folder) when the block ends without an error."""
     out = Path(path)
