@@ -24,6 +24,9 @@ SCRIPTS = [
     "tools.check_contamination",
     "tools.scan_phi",
     "tools.generate_dialogues",
+    "tools.model_quant",
+    "tools.eval_quantize",
+    "tools.export_gguf",
 ]
 TYPES = (args.ModelArguments, args.LoraArguments, args.DataArguments, TrainingArguments)
 

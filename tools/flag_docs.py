@@ -48,6 +48,9 @@ PAGES = {
     "tools/check_contamination.py": "docs/data_tools.md",
     "tools/scan_phi.py": "docs/data_tools.md",
     "tools/generate_dialogues.py": "docs/data_tools.md",
+    "tools/model_quant.py": "docs/export.md",
+    "tools/eval_quantize.py": "docs/export.md",
+    "tools/export_gguf.py": "docs/export.md",
 }
 
 # Library configs (subclasses of transformers.TrainingArguments) by class name: the name users import, and its docs.
