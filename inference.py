@@ -5,6 +5,14 @@ The chat format comes from the model folder (the template it was trained with) u
     python inference.py --base_model merged-sft --interactive              # 'clear' resets history, 'exit' quits
     python inference.py --base_model merged-pt --lora_model outputs-sft --interactive   # adapter, no merge needed
     python inference.py --base_model merged-sft --data_file questions.txt --output_file answers.jsonl
+    # a teacher writing SFT data (offline distillation); rerun the same command to continue a stopped run:
+    python inference.py --base_model teacher --data_file prompts.jsonl --output_file sft/teacher.jsonl \
+        --output_format sharegpt --system_prompt "你是一名医生。" --temperature 0
+
+Batch output: --output_format medicalgpt writes MedicalGPT's {"Input", "Output"} rows in one go; sharegpt and
+messages write each conversation with its answer as a training row (ShareGPT or OpenAI; the system prompt kept),
+with an "id" per prompt, appended batch by batch, so a rerun answers only what is missing. Answers cut by
+--max_new_tokens are left out of those rows (counted; raise it and rerun to fill them in).
 """
 
 import json
@@ -15,11 +23,13 @@ from pathlib import Path
 from transformers import set_seed
 
 from medgpt import args, atomic, data
+from medgpt.datatools.convert import render
 from medgpt.engine import ChatEngine, EngineArguments, PromptTooLong
 from medgpt.errors import UserError, run_cli
 from medgpt.prompts import with_system
 
 logger = logging.getLogger(__name__)
+OUTPUT_FORMATS = ("medicalgpt", "sharegpt", "messages")
 
 
 @dataclass
@@ -35,6 +45,9 @@ class InferenceArguments:
     data_file: str | None = field(default=None, metadata={"help": "Batch input: .txt (a prompt per line) or .jsonl."})
     output_file: str = field(default="./predictions_result.jsonl", metadata={"help": "Batch output (JSONL)."})
     eval_batch_size: int = field(default=4, metadata={"help": "Prompts generated together in batch mode."})
+    output_format: str = field(
+        default="medicalgpt", metadata={"help": "Batch rows: medicalgpt (Input/Output), sharegpt or messages."}
+    )
 
 
 def interactive(engine: ChatEngine, inf_args: InferenceArguments, sampling: dict) -> list[dict]:
@@ -79,6 +92,8 @@ def batch(engine: ChatEngine, inf_args: InferenceArguments, sampling: dict) -> P
         except PromptTooLong as err:
             raise UserError(f"--data_file {inf_args.data_file}, prompt {number}: {err}.") from None
     out = Path(inf_args.output_file)
+    if inf_args.output_format != "medicalgpt":
+        return training_rows(engine, inf_args, sampling, conversations, out)
     with atomic.writing(out) as f:  # no half-written output file
         for start in range(0, len(conversations), inf_args.eval_batch_size):
             chunk = conversations[start : start + inf_args.eval_batch_size]
@@ -91,10 +106,39 @@ def batch(engine: ChatEngine, inf_args: InferenceArguments, sampling: dict) -> P
     return out
 
 
+def training_rows(engine: ChatEngine, inf_args, sampling: dict, conversations: list[list[dict]], out: Path) -> Path:
+    """Each conversation with its answer as a training row, appended by batch; a rerun answers the missing ids."""
+    done = atomic.finished_ids(out, f"a {inf_args.output_format} row of inference.py (no id)")
+    todo = [i for i in range(len(conversations)) if f"prompt-{i:06d}" not in done]
+    truncated = 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a", encoding="utf-8") as f:
+        for start in range(0, len(todo), inf_args.eval_batch_size):
+            chunk = todo[start : start + inf_args.eval_batch_size]
+            for index, reply in zip(chunk, engine.batch([conversations[i] for i in chunk], **sampling), strict=True):
+                if reply.finish_reason == "length":
+                    truncated += 1  # a cut answer would teach the student to stop mid-sentence
+                    continue
+                messages = [*conversations[index], {"role": "assistant", "content": reply.text}]
+                row = render("chat", {"messages": json.dumps(messages, ensure_ascii=False)}, inf_args.output_format)
+                atomic.appended_line(f, {"id": f"prompt-{index:06d}", **row})
+            logger.info("answered %d/%d", min(start + len(chunk), len(todo)), len(todo))
+    kept = len(todo) - truncated
+    print(f"wrote {kept} rows to {out} ({len(done)} were there already)")
+    if truncated:
+        print(
+            f"{truncated} answers reached --max_new_tokens {inf_args.max_new_tokens} and were left out; raise it "
+            "and rerun to fill them in."
+        )
+    return out
+
+
 def main(argv: list[str] | None = None):
     engine_args, inf_args = args.parse((EngineArguments, InferenceArguments), argv)
     if not inf_args.interactive and not inf_args.data_file:
         raise UserError("nothing to do: pass --interactive to chat, or --data_file FILE for batch answers.")
+    if inf_args.output_format not in OUTPUT_FORMATS:
+        raise UserError(f"--output_format {inf_args.output_format}: use one of {', '.join(OUTPUT_FORMATS)}.")
     if inf_args.seed is not None:
         set_seed(inf_args.seed)
     engine = ChatEngine.from_args(engine_args)

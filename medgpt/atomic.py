@@ -4,12 +4,15 @@ output or none, never a partial one. Used by every front end that writes results
 merged models and the stages' final saves."""
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+from medgpt.errors import UserError
 
 # What loaders look for first in a model folder: moved in last, removed first.
 MARKERS = ("config.json", "adapter_config.json")
@@ -87,3 +90,32 @@ def publish(staging: Path, output_dir: Path) -> None:
             shutil.rmtree(target)
         os.replace(entry, target)
     staging.rmdir()
+
+
+# Append-only JSON-lines outputs that a rerun continues (generated dialogues, batch answers): every finished record
+# is one line carrying an "id", appended, flushed and synced, so a killed run loses only the records in flight.
+
+
+def finished_ids(path: Path, what: str) -> set[str]:
+    """Ids already in `path`; a half-written last line (a killed run) is cut off so that it is written again."""
+    if not path.is_file():
+        return set()
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+        data = data[: data.rfind(b"\n") + 1]
+    done = set()
+    for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        try:
+            done.add(json.loads(line)["id"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{path}:{number}: not {what}; give a new output file.") from None
+    return done
+
+
+def appended_line(handle: IO[str], record: dict[str, Any]) -> None:
+    """Append one record to a file opened for appending, and make it durable before going on."""
+    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    handle.flush()
+    os.fsync(handle.fileno())

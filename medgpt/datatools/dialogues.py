@@ -11,11 +11,11 @@ the file, repairs a half-written last line and generates only the missing ids.
 
 import asyncio
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medgpt.atomic import appended_line, finished_ids
 from medgpt.errors import UserError
 
 PROMPTS = {
@@ -87,24 +87,6 @@ def dialogue_id(index: int) -> str:
     return f"dialogue-{index:06d}"
 
 
-def finished_ids(path: Path) -> set[str]:
-    """Ids already in the output; a half-written last line (a killed run) is cut off so it is written again."""
-    if not path.is_file():
-        return set()
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with path.open("r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-        data = data[: data.rfind(b"\n") + 1]
-    done = set()
-    for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
-        try:
-            done.add(json.loads(line)["id"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"{path}:{number}: not a dialogue line of this tool; give a new --output_file.") from None
-    return done
-
-
 @dataclass
 class Usage:
     requests: int = 0
@@ -163,7 +145,7 @@ async def generate(
     on_done: Callable[[int, int], None] = lambda done, total: None,
 ) -> tuple[int, list[str]]:
     """Write the missing dialogues 0..num_dialogues-1 (seed i % len(seeds)); returns (written, failures)."""
-    done = finished_ids(output_file)
+    done = finished_ids(output_file, "a dialogue line of this tool")
     todo = [i for i in range(num_dialogues) if dialogue_id(i) not in done]
     output_file.parent.mkdir(parents=True, exist_ok=True)
     limit = asyncio.Semaphore(concurrency)
@@ -186,9 +168,7 @@ async def generate(
                 "staff": seed.staff,
                 "conversations": turns,
             }
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
+            appended_line(out, record)
             written += 1
             on_done(len(done) + written, num_dialogues)
 
