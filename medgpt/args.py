@@ -226,6 +226,8 @@ LEGACY_FLAGS = {
     "--lora_r": "--lora_rank",
     "--lora_target_modules": "--target_modules",
     "--warmup_ratio": "--warmup_steps",  # a float below 1 is a ratio of the total steps in transformers 5
+    "--opd_lambda": "--lmbda",  # OPD: the share of on-policy steps (TRL GKD's name)
+    "--opd_beta": "--beta",  # OPD: the generalized JSD's interpolation
 }
 
 

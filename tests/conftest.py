@@ -18,6 +18,8 @@ if os.environ.get("MEDGPT_TEST_GPU") != "1":
 
 import json  # noqa: E402
 import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
@@ -25,6 +27,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 torch.set_num_threads(1)
 REFERENCE_DATA = Path(__file__).resolve().parents[2] / "shared" / "reference" / "medicalgpt-data"
@@ -147,3 +150,58 @@ def running(app):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+ROOT_DIR = Path(__file__).resolve().parents[1]
+# Runs a stage script in a child process that stops at a chosen point and says so on stdout, so the test can kill
+# it there: after the checkpoint of step PAUSE_AT is complete, or inside the step after PAUSE_AT.
+DRIVER = """
+import os, sys, time
+import transformers
+from medgpt.errors import run_cli
+stage = __import__(sys.argv[1])
+pause_at, mode = int(os.environ["PAUSE_AT"]), os.environ["PAUSE_MODE"]
+if mode == "after_checkpoint":
+    save = transformers.Trainer._save_checkpoint
+    def save_then_wait(self, model, trial):
+        save(self, model, trial)
+        if self.state.global_step == pause_at:
+            print("PAUSED", flush=True)
+            time.sleep(600)
+    transformers.Trainer._save_checkpoint = save_then_wait
+else:
+    step = transformers.Trainer.training_step
+    def slow_step(self, *args, **kwargs):
+        if self.state.global_step == pause_at:
+            print("PAUSED", flush=True)
+            time.sleep(3)
+        return step(self, *args, **kwargs)
+    transformers.Trainer.training_step = slow_step
+run_cli(lambda: stage.main(sys.argv[2:]))
+"""
+
+
+def start_paused(module: str, argv: list[str], pause_at: int, mode: str, log: Path) -> subprocess.Popen:
+    """Run the stage script `module` in a child process that pauses at `pause_at` (see DRIVER), ready to be killed."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT_DIR), "PAUSE_AT": str(pause_at), "PAUSE_MODE": mode}
+    env.update(MEDGPT_ALLOCATOR="system", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    process = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, module, *argv],
+        cwd=ROOT_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log.open("w"),
+        text=True,
+    )
+    for line in process.stdout:
+        if line.strip() == "PAUSED":
+            return process
+    process.wait()
+    pytest.fail(f"the {module} run ended (code {process.returncode}) before pausing:\n{log.read_text()[-3000:]}")
+
+
+def assert_same_adapter(first: Path, second: Path) -> None:
+    a, b = load_file(first / "adapter_model.safetensors"), load_file(second / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for name, tensor in a.items():
+        torch.testing.assert_close(b[name], tensor, atol=1e-5, rtol=1e-4)

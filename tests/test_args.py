@@ -15,6 +15,7 @@ SCRIPTS = [
     "reward_modeling",
     "dpo_training",
     "orpo_training",
+    "opd_training",
     "merge_peft_adapter",
     "inference",
     "tools.prepare_model",

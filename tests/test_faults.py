@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import write_jsonl
+from conftest import assert_same_adapter, start_paused, write_jsonl
 from safetensors.torch import load_file
 
 import dpo_training
@@ -25,51 +25,6 @@ from medgpt.model import load_saved
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = {"sft": supervised_finetuning, "dpo": dpo_training}
-
-# Runs a stage script in a child process that stops at a chosen point and says so on stdout, so the test can kill
-# it there: after the checkpoint of step PAUSE_AT is complete, or inside the step after PAUSE_AT.
-DRIVER = """
-import os, sys, time
-import transformers
-from medgpt.errors import run_cli
-stage = __import__(sys.argv[1])
-pause_at, mode = int(os.environ["PAUSE_AT"]), os.environ["PAUSE_MODE"]
-if mode == "after_checkpoint":
-    save = transformers.Trainer._save_checkpoint
-    def save_then_wait(self, model, trial):
-        save(self, model, trial)
-        if self.state.global_step == pause_at:
-            print("PAUSED", flush=True)
-            time.sleep(600)
-    transformers.Trainer._save_checkpoint = save_then_wait
-else:
-    step = transformers.Trainer.training_step
-    def slow_step(self, *args, **kwargs):
-        if self.state.global_step == pause_at:
-            print("PAUSED", flush=True)
-            time.sleep(3)
-        return step(self, *args, **kwargs)
-    transformers.Trainer.training_step = slow_step
-run_cli(lambda: stage.main(sys.argv[2:]))
-"""
-
-
-def start_paused(stage: str, argv: list[str], pause_at: int, mode: str, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PAUSE_AT": str(pause_at), "PAUSE_MODE": mode}
-    env.update(MEDGPT_ALLOCATOR="system", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    process = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, STAGES[stage].__name__, *argv],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=log.open("w"),
-        text=True,
-    )
-    for line in process.stdout:
-        if line.strip() == "PAUSED":
-            return process
-    process.wait()
-    pytest.fail(f"the {stage} run ended (code {process.returncode}) before pausing:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +60,6 @@ def stage_argv(stage: str, model_dir: Path, data: Path, out: Path, *extra: str) 
     return argv + list(extra)
 
 
-def assert_same_adapter(first: Path, second: Path) -> None:
-    a, b = load_file(first / "adapter_model.safetensors"), load_file(second / "adapter_model.safetensors")
-    assert a.keys() == b.keys()
-    for name, tensor in a.items():
-        torch.testing.assert_close(b[name], tensor, atol=1e-5, rtol=1e-4)
-
-
 # ---------------------------------------------------------------- SIGKILL, then resume
 
 
@@ -125,7 +73,11 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(
 
     killed = tmp_path / "killed"
     process = start_paused(
-        stage, stage_argv(stage, tiny_model_dir, data, killed), 4, "after_checkpoint", tmp_path / "log"
+        STAGES[stage].__name__,
+        stage_argv(stage, tiny_model_dir, data, killed),
+        4,
+        "after_checkpoint",
+        tmp_path / "log",
     )
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
@@ -152,7 +104,7 @@ def test_a_stop_signal_checkpoints_the_step_and_the_run_resumes_from_it(stop, ti
     out = tmp_path / "out"
     argv = stage_argv("sft", tiny_model_dir, chat_dir, out, "--save_strategy", "no")
     log = tmp_path / "log"
-    process = start_paused("sft", argv, 2, "in_step", log)  # inside step 3
+    process = start_paused("supervised_finetuning", argv, 2, "in_step", log)  # inside step 3
     process.send_signal(stop)
     assert process.wait(timeout=120) == 128 + stop, log.read_text()[-3000:]
     message = log.read_text()

@@ -10,6 +10,7 @@ import pytest
 
 import dpo_training
 import grpo_training
+import opd_training
 import orpo_training
 import ppo_training
 import pretraining
@@ -26,6 +27,7 @@ RUN_SCRIPTS = {
     "run_orpo.sh": orpo_training,
     "run_ppo.sh": ppo_training,
     "run_grpo.sh": grpo_training,
+    "run_opd.sh": opd_training,
 }
 
 

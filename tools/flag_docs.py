@@ -37,6 +37,7 @@ PAGES = {
     "orpo_training.py": "docs/preference.md",
     "ppo_training.py": "docs/rl.md",
     "grpo_training.py": "docs/rl.md",
+    "opd_training.py": "docs/distillation.md",
     "merge_peft_adapter.py": "docs/merge_and_inference.md",
     "inference.py": "docs/merge_and_inference.md",
     "openai_api.py": "docs/serving.md",
@@ -66,6 +67,10 @@ LIBRARY_DOCS = {
         "https://huggingface.co/docs/trl/orpo_trainer#trl.experimental.orpo.ORPOConfig",
     ),
     "GRPOConfig": ("trl.GRPOConfig", "https://huggingface.co/docs/trl/grpo_trainer#trl.GRPOConfig"),
+    "GKDConfig": (
+        "trl.experimental.gkd.GKDConfig",
+        "https://huggingface.co/docs/trl/gkd_trainer#trl.experimental.gkd.GKDConfig",
+    ),
 }
 
 START = "<!-- flags:{script} -->"
