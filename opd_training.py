@@ -5,6 +5,8 @@ trainer; every GKDConfig option is a flag.
 --lmbda (MedicalGPT: --opd_lambda) is the share of steps trained on the student's own samples (1: fully on-policy,
 0: the dataset's answers only); --beta (--opd_beta) picks the divergence: 0 forward KL, 1 reverse KL, 0.5 the
 Jensen-Shannon divergence. Teacher and student must share a tokenizer; otherwise distil offline (docs/distillation.md).
+Rows: chats (every assistant turn distilled), or prompt rows (question/answer, multiple choice, {"prompt"}) whose
+reference answer is distilled; prompt rows without one are answered by the student only (--opd_lambda 1).
 
     python opd_training.py --model_name_or_path small-student --teacher_model_name_or_path merged-sft \\
         --train_file_dir data/sft --template_name qwen2.5 --opd_lambda 0.5 --opd_beta 0.5 \\
@@ -17,8 +19,8 @@ from dataclasses import dataclass, field
 
 from trl.experimental.gkd import GKDConfig
 
-from medgpt import args, data, model, saving, tokenization
-from medgpt.distill import DistillCollator, OnPolicyDistillTrainer, check_same_vocabulary, prompt_rows
+from medgpt import args, data, distill, model, saving, tokenization
+from medgpt.distill import DistillCollator, OnPolicyDistillTrainer, check_same_vocabulary
 from medgpt.errors import UserError, run_cli
 
 
@@ -58,21 +60,28 @@ def main(argv: list[str] | None = None) -> OnPolicyDistillTrainer:
     tokenizer, template = model.load_chat_tokenizer(model_args, chat_args, padding_side="left")
 
     # Rows are read, tokenized with the template's masks and checked before anything is written to output_dir.
+    kind = distill.row_kind(data_args)
     with training_args.main_process_first(desc="tokenize"):
-        raw = data.load_datasets(data_args, "chat", training_args.seed, cache_dir=model_args.cache_dir)
+        raw = data.load_datasets(data_args, kind, training_args.seed, cache_dir=model_args.cache_dir)
 
         def prepare(rows, name):
-            tokenized = tokenization.tokenize_sft(
-                rows, tokenizer, template, training_args.max_length, False, data_args.preprocessing_num_workers,
-                data_args.overwrite_cache, what=name,
-            )  # fmt: skip
-            return prompt_rows(tokenized, opd_args.max_prompt_length)
+            workers, overwrite = data_args.preprocessing_num_workers, data_args.overwrite_cache
+            if kind == "chat":
+                tokenized = tokenization.tokenize_sft(
+                    rows, tokenizer, template, training_args.max_length, False, workers, overwrite, what=name
+                )
+            else:
+                tokenized = distill.tokenize_prompt_rows(
+                    rows, tokenizer, template, training_args.max_length, workers, overwrite, name
+                )
+            return distill.prompt_rows(tokenized, opd_args.max_prompt_length)
 
         splits = data.prepare_splits(
             raw, data_args, training_args, prepare,
             f"no row has a prompt of at most --max_prompt_length {opd_args.max_prompt_length} tokens that fits "
             f"--max_length {training_args.max_length}; raise them.",
         )  # fmt: skip
+    distill.check_answers_for_lambda(splits, training_args.lmbda)
 
     teacher, teacher_tokenizer, _ = model.load_saved(
         training_args.teacher_model_name_or_path,

@@ -13,6 +13,7 @@ What TRL's GKDTrainer lacks and this module adds:
   student's perplexity on the teacher's own greedy answers to the held-out prompts.
 """
 
+import json
 import logging
 import math
 
@@ -20,9 +21,11 @@ import torch
 from datasets import Dataset
 from trl.experimental.gkd import GKDTrainer
 
+from medgpt.data import Kind, find_files
+from medgpt.datatools.sources import detect_kind
 from medgpt.errors import UserError
 from medgpt.generation import sampling_exactly_as_given, stop_tokens
-from medgpt.tokenization import IGNORE_INDEX, Collator
+from medgpt.tokenization import IGNORE_INDEX, Collator, encode_chat, map_and_drop_empty
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +40,70 @@ def last_answer_start(labels: list[int]) -> int:
 
 
 def _prompt_batch(input_ids: list[list[int]], labels: list[list[int]]) -> dict:
-    return {"prompt_ids": [ids[: last_answer_start(row)] for ids, row in zip(input_ids, labels, strict=True)]}
+    # A row without an answer (a prompt row with no reference) is all prompt: only the student's samples use it.
+    return {
+        "prompt_ids": [
+            ids[: last_answer_start(row)] if any(label != IGNORE_INDEX for label in row) else ids
+            for ids, row in zip(input_ids, labels, strict=True)
+        ]
+    }
+
+
+def row_kind(data_args) -> Kind:
+    """ "prompt" when the training files hold prompt rows (question/answer, multiple choice, {"prompt"}), else
+    "chat"; a folder mixing both is an error."""
+    if not data_args.train_file_dir:
+        return "chat"
+    kinds = {detect_kind(path) for path in find_files(data_args.train_file_dir, "chat", "train_file_dir")}
+    if "prompt" in kinds and len(kinds) > 1:
+        raise UserError(
+            f"--train_file_dir {data_args.train_file_dir} mixes chat rows and prompt rows; put them in separate "
+            "folders and distil one kind per run."
+        )
+    return "prompt" if kinds == {"prompt"} else "chat"
+
+
+def _prompt_row_batch(batch: dict, tokenizer, template, max_length: int) -> dict:
+    output: dict[str, list] = {"input_ids": [], "labels": []}
+    for prompt, tools, answer in zip(batch["prompt"], batch["tools"], batch["answer"], strict=True):
+        messages, tools = json.loads(prompt), json.loads(tools) if tools else None
+        if answer:  # the reference answer is distilled like an SFT answer
+            ids, labels = encode_chat(
+                tokenizer, template, [*messages, {"role": "assistant", "content": answer}], tools, max_length
+            )
+        else:
+            text = template.render(messages, tools, add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids, labels = (ids, [IGNORE_INDEX] * len(ids)) if len(ids) < max_length else ([], [])
+        output["input_ids"].append(ids)
+        output["labels"].append(labels)
+    return output
+
+
+def tokenize_prompt_rows(
+    dataset: Dataset, tokenizer, template, max_length: int, num_proc: int | None, overwrite_cache: bool, what: str
+) -> Dataset:
+    """Prompt rows as distillation rows: with a reference answer, the chat it makes; without one, the prompt alone."""
+    return map_and_drop_empty(
+        dataset,
+        _prompt_row_batch,
+        {"tokenizer": tokenizer, "template": template, "max_length": max_length},
+        "input_ids",
+        num_proc,
+        overwrite_cache,
+        f"Tokenizing {what} prompts",
+        f"the prompt alone reaches --max_length {max_length}",
+    )
+
+
+def check_answers_for_lambda(splits: dict[str, Dataset], lmbda: float) -> None:
+    """Rows without a reference answer give the dataset steps nothing to distil: they need fully on-policy runs."""
+    missing = sum(all(label == IGNORE_INDEX for label in row) for row in splits["train"]["labels"])
+    if missing and lmbda < 1:
+        raise UserError(
+            f"{missing} training rows have no reference answer, so only the student's own samples can be distilled "
+            f"on them: pass --opd_lambda 1 (fully on-policy), or give the rows answers (--lmbda is {lmbda})."
+        )
 
 
 def prompt_rows(tokenized: Dataset, max_prompt_length: int) -> Dataset:
@@ -89,6 +155,12 @@ class OnPolicyDistillTrainer(GKDTrainer):
         self.generation_config.eos_token_id = stop_ids
         self.generation_kwargs["eos_token_id"] = stop_ids
         self._teacher_answers: list[dict] | None = None
+        self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean; the Trainer divides by the steps
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # The mean over this batch's answer tokens. TRL would divide by num_items_in_batch, which counts the
+        # dataset's answer tokens: on-policy steps replace those answers, and prompt rows may have none (0 / 0).
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch=None)
 
     def generate_on_policy_outputs(self, model, inputs, generation_config):
         with sampling_exactly_as_given(model):

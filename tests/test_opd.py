@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_same_adapter, free_port, start_paused
+from conftest import assert_same_adapter, free_port, start_paused, write_jsonl
 from tiny_model import build_tiny_model, build_tokenizer
 from transformers import AutoModelForCausalLM
 
@@ -172,3 +172,29 @@ def test_kill_9_then_resume_ends_where_an_uninterrupted_run_ends(models, tmp_pat
     trainer = opd_training.main(opd_argv(models, killed, *flags, "--resume_from_checkpoint", "True"))
     assert trainer.state.global_step == 6
     assert_same_adapter(whole, killed)
+
+
+def test_prompt_rows_with_reference_answers_are_distilled(models, tmp_path):
+    argv = opd_argv(models, tmp_path / "out", "--max_steps", "2")
+    argv[argv.index("--train_file_dir") + 1] = str(ROOT / "data/grpo")  # question/answer and multiple-choice rows
+    trainer = opd_training.main(argv)
+    row = trainer.train_dataset[0]
+    assert any(label != -100 for label in row["labels"]) and len(row["prompt_ids"]) < len(row["input_ids"])
+
+
+def test_prompt_rows_without_answers_need_fully_on_policy_runs(models, tmp_path, monkeypatch):
+    prompts = write_jsonl(tmp_path / "prompts" / "p.jsonl", [{"prompt": f"发烧 {i} 天怎么办？"} for i in range(6)])
+    argv = opd_argv(models, tmp_path / "out", "--max_steps", "2", "--opd_lambda", "0.5")
+    argv[argv.index("--train_file_dir") + 1] = str(prompts.parent)
+    with pytest.raises(UserError, match="6 training rows have no reference answer.*--opd_lambda 1"):
+        opd_training.main(argv)
+    assert not (tmp_path / "out").exists()
+    sampled = []
+    original = OnPolicyDistillTrainer.generate_on_policy_outputs
+    monkeypatch.setattr(
+        OnPolicyDistillTrainer,
+        "generate_on_policy_outputs",
+        lambda self, *rest: sampled.append(1) or original(self, *rest),
+    )
+    argv[argv.index("--opd_lambda") + 1] = "1"
+    assert opd_training.main(argv).state.global_step == 2 and len(sampled) == 2
