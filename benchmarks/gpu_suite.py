@@ -184,8 +184,8 @@ def nccl_run(gpus: int, model: Path | None, out: Path, limit: int) -> dict:
 
 
 def markdown(rows: list[dict], environment: dict) -> str:
-    columns = ("measurement", "model", "result", "steps", "seconds", "tokens_per_second", "rollout_tokens_per_second",
-               "peak_mb", "mfu")  # fmt: skip
+    columns = ("measurement", "model", "config", "result", "steps", "seconds", "tokens_per_second",
+               "rollout_tokens_per_second", "peak_mb", "mfu")  # fmt: skip
     lines = [f"{key}: {value}  " for key, value in environment.items()] + [""]
     lines += ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for row in rows:
@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append({"measurement": name, "result": "not run: QLoRA's speed matters on a GPU only"})
             continue
         row = measure(name, script, model, flags, out, gpu, min(options.limit, left))
+        row["config"] = f"{script} {' '.join(flags)}" + (" bf16 batch 8" if gpu else " cpu batch 2")
         utilisation(row, parameters(shape if gpu else "tiny"), peak)
         rows.append(row)
         print(json.dumps(row), flush=True)

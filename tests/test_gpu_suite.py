@@ -35,7 +35,8 @@ def test_dry_run_measures_the_quick_set_and_names_what_it_skips(tmp_path):
     assert measured["two-rank NCCL sft"]["result"].startswith("not run: ")
     report = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert report["environment"]["wheels"] == "not installed (dry run)" and len(report["rows"]) == len(rows)
-    assert "| grpo rollouts | tiny | ok |" in (tmp_path / "gpu_suite.md").read_text()
+    assert measured["grpo rollouts"]["config"].startswith("grpo_training.py --use_peft True --num_generations 8")
+    assert "| grpo rollouts | tiny | grpo_training.py" in (tmp_path / "gpu_suite.md").read_text()
 
 
 def test_parameter_count_of_a_real_shape():
