@@ -146,7 +146,7 @@ def test_training_scripts_restart_with_tcmalloc_where_installed(tmp_path):
         pytest.skip("tcmalloc is not installed (make test installs libtcmalloc-minimal4 as root)")
     probe = tmp_path / "probe.py"
     probe.write_text(
-        "import os, sys\nsys.path.insert(0, sys.argv[1])\nfrom medgpt.allocator import restart_with_tcmalloc\n"
+        "import os, sys\nfrom medgpt.allocator import restart_with_tcmalloc  # the installed package\n"
         "restart_with_tcmalloc()\nprint(os.environ.get('LD_PRELOAD', ''), sys.argv[2])\n"
     )
     env = {key: value for key, value in os.environ.items() if key not in ("LD_PRELOAD", "MEDGPT_ALLOCATOR")}
