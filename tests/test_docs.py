@@ -9,6 +9,7 @@ from urllib.parse import unquote
 
 import pytest
 
+from medgpt import flag_tables
 from tools import flag_docs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +71,7 @@ def test_documented_flags_are_the_scripts_flags(script, capsys):
 
 def test_heading_anchors_follow_github():
     text = "# Title\n## Tools and `--tool_format`\n```\n# not a heading\n```\n## `inference.py`\n## Title\n"
-    assert flag_docs.heading_anchors(text) == ["title", "tools-and---tool_format", "inferencepy", "title-1"]
+    assert flag_tables.heading_anchors(text) == ["title", "tools-and---tool_format", "inferencepy", "title-1"]
 
 
 def links(text: str) -> list[str]:
@@ -97,6 +98,6 @@ def test_relative_links_point_to_existing_files_and_anchors():
             if not file.exists():
                 problems.append(f"{where} names a missing file")
             elif anchor and file.suffix == ".md":
-                if anchor not in flag_docs.heading_anchors(file.read_text(encoding="utf-8")):
+                if anchor not in flag_tables.heading_anchors(file.read_text(encoding="utf-8")):
                     problems.append(f"{where} names a heading {file.name} does not have")
     assert not problems, "\n".join(problems)
