@@ -95,6 +95,13 @@ class LoraArguments:
     modules_to_save: str | None = field(
         default=None, metadata={"help": "Comma list of modules trained in full and saved, e.g. embed_tokens,lm_head."}
     )
+    train_new_token_rows: bool = field(
+        default=False,
+        metadata={
+            "help": "Train only the embedding rows of tokens added by tools/merge_tokenizers.py (PEFT's "
+            "trainable tokens): far less memory than --modules_to_save embed_tokens,lm_head."
+        },
+    )
     peft_path: str | None = field(default=None, metadata={"help": "Continue training this saved LoRA adapter."})
     qlora: bool = field(default=False, metadata={"help": "QLoRA: 4-bit NF4 double-quantized base + LoRA."})
 
@@ -106,6 +113,13 @@ class LoraArguments:
             problems.append(f"--lora_alpha {self.lora_alpha:g} must be > 0 (often 2 x --lora_rank).")
         if not 0 <= self.lora_dropout < 1:
             problems.append(f"--lora_dropout {self.lora_dropout:g} must be in [0, 1), e.g. 0.05.")
+        if self.train_new_token_rows and "embed_tokens" in (self.modules_to_save or ""):
+            problems.append(
+                "--train_new_token_rows trains the new rows only, --modules_to_save embed_tokens the whole matrix: "
+                "choose one."
+            )
+        if self.train_new_token_rows and not self.use_peft:
+            problems.append("--train_new_token_rows needs --use_peft True (full fine-tuning trains every row).")
         if problems:
             raise UserError("invalid arguments:\n  - " + "\n  - ".join(problems))
 

@@ -18,6 +18,7 @@ from transformers import (
     set_seed,
 )
 
+from medgpt import vocabulary
 from medgpt.args import ChatArguments, LoraArguments, ModelArguments, is_distributed
 from medgpt.chat import get_template, read_template_name, with_tool_format
 from medgpt.errors import UserError
@@ -208,21 +209,17 @@ def load_model(
     except (OSError, ValueError) as err:
         raise _cannot_load("model weights", path, err) from None
 
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        if not grow_embeddings:
-            raise UserError(
-                f"the tokenizer has {len(tokenizer)} tokens but {path} has "
-                f"{model.get_input_embeddings().weight.shape[0]} embedding rows; pass --resize_emb True."
-            )
-        logger.info(
-            "resizing embeddings %d -> %d to match the tokenizer",
-            model.get_input_embeddings().weight.shape[0],
-            len(tokenizer),
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows and not grow_embeddings:
+        raise UserError(
+            f"the tokenizer has {len(tokenizer)} tokens but {path} has {rows} embedding rows; pass --resize_emb True."
         )
-        model.resize_token_embeddings(len(tokenizer))
-        if lora_args and lora_args.use_peft and not lora_args.modules_to_save:
+    vocabulary.grow_embeddings(model, tokenizer)
+    if len(tokenizer) > rows and lora_args and lora_args.use_peft and not lora_args.modules_to_save:
+        if not lora_args.train_new_token_rows:
             logger.warning(
-                "the new embedding rows stay untrained under LoRA; add --modules_to_save embed_tokens,lm_head"
+                "the new embedding rows stay untrained under LoRA; add --train_new_token_rows True (only the new "
+                "rows) or --modules_to_save embed_tokens,lm_head (whole matrices)"
             )
     sync_special_tokens(model, tokenizer)
     checkpointing = training_args is not None and bool(
@@ -234,10 +231,18 @@ def load_model(
         model.config.use_cache = False
     if lora_args is None or not lora_args.use_peft:
         return model
-    return add_lora(model, lora_args, task, quantized=quantization is not None, checkpointing=checkpointing)
+    new_rows = vocabulary.trainable_rows(model, tokenizer) if lora_args.train_new_token_rows else None
+    return add_lora(model, lora_args, task, quantization is not None, checkpointing, new_rows)
 
 
-def add_lora(model: PreTrainedModel, lora_args: LoraArguments, task: str, quantized: bool, checkpointing: bool):
+def add_lora(
+    model: PreTrainedModel,
+    lora_args: LoraArguments,
+    task: str,
+    quantized: bool,
+    checkpointing: bool,
+    new_rows: list[int] | dict[str, list[int]] | None = None,
+):
     from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
@@ -256,6 +261,7 @@ def add_lora(model: PreTrainedModel, lora_args: LoraArguments, task: str, quanti
             lora_dropout=lora_args.lora_dropout,
             target_modules="all-linear" if targets == ["all"] else targets,
             modules_to_save=modules_to_save or None,
+            trainable_token_indices=new_rows,  # --train_new_token_rows: only the merged tokens' embedding rows
             task_type=TaskType.SEQ_CLS if task == "reward" else TaskType.CAUSAL_LM,
             # Tied input/output embeddings must stay tied when one of them is trained in full (modules_to_save).
             ensure_weight_tying=bool(modules_to_save) and bool(getattr(model.config, "tie_word_embeddings", False)),

@@ -50,6 +50,8 @@ PAGES = {
     "tools/model_quant.py": "docs/export.md",
     "tools/eval_quantize.py": "docs/export.md",
     "tools/export_gguf.py": "docs/export.md",
+    "tools/build_domain_tokenizer.py": "docs/vocabulary.md",
+    "tools/merge_tokenizers.py": "docs/vocabulary.md",
 }
 
 

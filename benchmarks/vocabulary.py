@@ -1,0 +1,98 @@
+"""Domain vocabulary on a real model: tokens per character before and after the merge, the step-0 loss of the grown
+model (old text; new-token text with mean and with random rows), and the peak memory of the two ways to train the
+new rows. Prints figures; asserts nothing.
+
+    python tools/prepare_model.py --output_dir models/SmolLM2-135M-Instruct --dtype float32
+    python benchmarks/vocabulary.py --model models/SmolLM2-135M-Instruct --steps 4
+
+Domain text: the project's pre-training notes (data/pretrain); held out: the Chinese and the English paragraphs of
+data/eval/pretrain. Each training option runs pretraining.py in its own process; its peak RSS is read from wait4.
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from medgpt import vocabulary
+
+ROOT = Path(__file__).resolve().parents[1]
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def loss(model, tokenizer, text: str) -> float:
+    ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)[:1024]])
+    with torch.no_grad():
+        return model(ids, labels=ids).loss.item()
+
+
+def peak_rss_mib(argv: list[str]) -> float:
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise SystemExit(f"failed: {' '.join(argv)}\n{process.stderr.read().decode()[-2000:]}")
+    return usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--vocab_size", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=4)
+    options = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="vocab-bench-"))
+    py = sys.executable
+    subprocess.run(
+        [py, "tools/build_domain_tokenizer.py", "--in_file", "data/pretrain", "--domain_sp_model_name",
+         str(work / "sp"), "--vocab_size", str(options.vocab_size)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    lines = (ROOT / "data/eval/pretrain/heldout.txt").read_text(encoding="utf-8").splitlines()
+    chinese = "\n".join(line for line in lines if CJK.search(line))
+    english = "\n".join(line for line in lines if line.strip() and not CJK.search(line))
+    (work / "zh.txt").write_text(chinese, encoding="utf-8")
+    merge = subprocess.run(
+        [py, "tools/merge_tokenizers.py", "--base_tokenizer_dir", options.model, "--domain_sp_model_file",
+         str(work / "sp.model"), "--word_file", "data/vocab/medical_terms_zh.txt", "--held_out_file",
+         str(work / "zh.txt"), "--output_dir", str(work / "merged")],
+        check=True, cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    print("merge:", merge.stdout)
+    base_tok, merged = AutoTokenizer.from_pretrained(options.model), AutoTokenizer.from_pretrained(work / "merged")
+    print(f"English held-out tokens/char: {vocabulary.tokens_per_char(base_tok, english):.4f} -> "
+          f"{vocabulary.tokens_per_char(merged, english):.4f}")  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(options.model, dtype=torch.float32).eval()
+    base_en, base_zh = loss(model, base_tok, english), loss(model, base_tok, chinese)
+    vocabulary.grow_embeddings(model, merged)
+    # Old text in old tokens: what the new rows can change is only the softmax share they take.
+    grown_en, merged_en = loss(model, base_tok, english), loss(model, merged, english)
+    mean_zh = loss(model, merged, chinese)
+    random_model = AutoModelForCausalLM.from_pretrained(options.model, dtype=torch.float32).eval()
+    random_model.resize_token_embeddings(len(merged), pad_to_multiple_of=64, mean_resizing=False)
+    random_zh = loss(random_model, merged, chinese)
+    print(f"step-0 loss, English held-out (old tokens): base {base_en:.5f}, grown {grown_en:.5f}, "
+          f"difference {grown_en - base_en:+.2e} nats; encoded with the merged tokenizer {merged_en:.5f}")  # fmt: skip
+    print(f"step-0 loss, Chinese held-out: base tokenizer {base_zh:.3f}; merged tokenizer with mean-initialised rows "
+          f"{mean_zh:.3f}, with random rows {random_zh:.3f} (per token)")  # fmt: skip
+    common = [py, "pretraining.py", "--model_name_or_path", options.model, "--tokenizer_name_or_path",
+              str(work / "merged"), "--train_file_dir", "data/pretrain", "--block_size", "256",
+              "--per_device_train_batch_size", "2", "--max_steps", str(options.steps), "--save_strategy", "no",
+              "--report_to", "none", "--validation_split_percentage", "0", "--disable_tqdm", "True"]  # fmt: skip
+    figures = {}
+    for name, flags in (
+        ("--train_new_token_rows True", ["--train_new_token_rows", "True"]),
+        ("--modules_to_save embed_tokens,lm_head", ["--modules_to_save", "embed_tokens,lm_head"]),
+    ):
+        figures[name] = peak_rss_mib([*common, *flags, "--output_dir", str(work / name.split()[0].strip("-"))])
+        print(f"peak RSS with {name}: {figures[name]:.0f} MiB ({options.steps} steps, block 256, batch 2)")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
