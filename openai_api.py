@@ -6,6 +6,7 @@ Endpoints: GET /v1/models, POST /v1/chat/completions (tools, streaming as server
 
     python openai_api.py --base_model merged-sft --port 8000
     python openai_api.py --base_model merged-pt --lora_model outputs-sft --api_key secret --host 0.0.0.0
+    python openai_api.py --base_model merged-sft --knowledge_dir guidelines/   # answers cite; "sources" in replies
     curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \
         -d '{"model": "merged-sft", "messages": [{"role": "user", "content": "What helps a fever?"}]}'
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from medgpt import args
 from medgpt.engine import ChatEngine, EngineArguments
 from medgpt.errors import UserError, run_cli
+from medgpt.retrieval.knowledge import KnowledgeBase, RetrievalArguments
 
 
 @dataclass
@@ -53,8 +55,9 @@ def build_app(server_args: ServerArguments, engine: ChatEngine, default_name: st
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
-    engine_args, server_args = args.parse((EngineArguments, ServerArguments), argv)
-    app = build_app(server_args, ChatEngine.from_args(engine_args), engine_args.name)
+    engine_args, server_args, retrieval_args = args.parse((EngineArguments, ServerArguments, RetrievalArguments), argv)
+    engine = ChatEngine.from_args(engine_args, KnowledgeBase.from_args(retrieval_args))
+    app = build_app(server_args, engine, engine_args.name)
     uvicorn.run(app, host=server_args.host, port=server_args.port, log_level="info")
 
 

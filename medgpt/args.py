@@ -242,6 +242,12 @@ LEGACY_FLAGS = {
     "--warmup_ratio": "--warmup_steps",  # a float below 1 is a ratio of the total steps in transformers 5
     "--opd_lambda": "--lmbda",  # OPD: the share of on-policy steps (TRL GKD's name)
     "--opd_beta": "--beta",  # OPD: the generalized JSD's interpolation
+    "--corpus_files": "--knowledge_dir",  # chatpdf.py's documents
+    "--gen_model": "--base_model",  # chatpdf.py's answering model
+    "--prompt_template_name": "--template_name",  # chatpdf.py
+    "--int4": "--load_in_4bit",
+    "--int8": "--load_in_8bit",
+    "--batch_size": "--eval_batch_size",  # inference_multigpu_demo.py's prompts per process
 }
 
 

@@ -5,7 +5,9 @@ The engine loads a model folder (or base + LoRA adapter) once, with the chat tem
 answers conversations: `reply` (whole answers), `stream` (an iterator of text pieces; the joined pieces equal the
 whole answer), `batch` (several conversations generated together) and `complete` (raw text continuation). It
 prints nothing. Answers end at the template's stop strings (plus any extra ones) and tool calls the model writes are
-parsed back into OpenAI `tool_calls`, the inverse of how training renders them.
+parsed back into OpenAI `tool_calls`, the inverse of how training renders them. Given a knowledge base
+(medgpt.retrieval), the engine grounds each conversation's last question in the passages it finds and every reply
+carries them as `sources` (file, page or line, text, and whether the answer cited it).
 
     engine = ChatEngine.load("merged-sft")
     engine.reply([{"role": "user", "content": "What helps a fever?"}], temperature=0).text
@@ -60,6 +62,7 @@ class Reply:
     finish_reason: str = "stop"
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    sources: list[dict] = field(default_factory=list)  # with a knowledge base; empty = the documents had nothing
 
 
 class PromptTooLong(ValueError):
@@ -88,6 +91,7 @@ class TextStream:
     def __init__(self, pieces: Iterator[str], finish, stops: list[str], hold_all: bool) -> None:
         self._pieces, self._finish, self._stops, self._hold_all = pieces, finish, stops, hold_all
         self.reply: Reply | None = None
+        self.passages: list = []  # the knowledge-base passages the answer was grounded in
 
     def __iter__(self) -> Iterator[str]:
         text, given = "", 0
@@ -101,22 +105,34 @@ class TextStream:
             if safe > given:
                 yield visible[given:safe]
                 given = safe
-        self.reply = self._finish(text)
+        self.reply = with_sources(self._finish(text), self.passages)
         if len(self.reply.text) > given:
             yield self.reply.text[given:]
 
 
+def with_sources(reply: Reply, passages: list) -> Reply:
+    """The reply with its passages as `sources`, each marked with whether the answer cited it."""
+    if passages:
+        from medgpt.retrieval.grounding import cited
+
+        reply.sources = cited(reply.text, passages)
+    return reply
+
+
 class ChatEngine:
-    def __init__(self, model, tokenizer, template, extra_stop: str = "") -> None:
+    def __init__(self, model, tokenizer, template, extra_stop: str = "", knowledge=None) -> None:
         self.model, self.tokenizer, self.template = model.eval(), tokenizer, template
+        self.knowledge = knowledge  # a medgpt.retrieval.knowledge.KnowledgeBase, or None
         self.tokenizer.padding_side = "left"  # batches continue on the right
         self.stops = stop_strings(template, extra_stop)
         self.context = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
 
     @classmethod
-    def from_args(cls, engine_args: EngineArguments) -> "ChatEngine":
+    def from_args(cls, engine_args: EngineArguments, knowledge=None) -> "ChatEngine":
         options = asdict(engine_args)
-        return cls.load(options.pop("base_model"), options.pop("lora_model"), options.pop("stop_str"), **options)
+        engine = cls.load(options.pop("base_model"), options.pop("lora_model"), options.pop("stop_str"), **options)
+        engine.knowledge = knowledge
+        return engine
 
     @classmethod
     def load(cls, base_model: str, lora_model: str | None = None, extra_stop: str = "", **load_kwargs) -> "ChatEngine":
@@ -132,6 +148,17 @@ class ChatEngine:
         """The conversation in the model's chat format, ending with the header of the answer to write."""
         return self.template.render(messages, tools, add_generation_prompt=True)
 
+    def ground(self, messages: list[dict]) -> tuple[list[dict], list]:
+        """With a knowledge base: the conversation with its last user question replaced by the grounded question
+        (numbered passages and the instruction to cite them), and those passages. Without one: unchanged, []."""
+        if self.knowledge is None or not messages or messages[-1]["role"] != "user":
+            return messages, []
+        from medgpt.retrieval.grounding import grounded_question
+
+        question = messages[-1]["content"]
+        passages = self.knowledge.search(question)
+        return [*messages[:-1], {**messages[-1], "content": grounded_question(question, passages)}], passages
+
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -142,7 +169,8 @@ class ChatEngine:
     # ---------------------------------------------------------------- answers
 
     def reply(self, messages: list[dict], tools: list[dict] | None = None, **sampling) -> Reply:
-        return self.complete(self.render(messages, tools), tools=tools, **sampling)
+        messages, passages = self.ground(messages)
+        return with_sources(self.complete(self.render(messages, tools), tools=tools, **sampling), passages)
 
     def stream(
         self,
@@ -151,19 +179,23 @@ class ChatEngine:
         cancel: threading.Event | None = None,
         **sampling,
     ) -> TextStream:
-        return self.complete_stream(self.render(messages, tools), tools=tools, cancel=cancel, **sampling)
+        messages, passages = self.ground(messages)
+        stream = self.complete_stream(self.render(messages, tools), tools=tools, cancel=cancel, **sampling)
+        stream.passages = passages
+        return stream
 
     def batch(self, conversations: list[list[dict]], tools: list[dict] | None = None, **sampling) -> list[Reply]:
         """Answers to several conversations, generated together (left-padded)."""
-        prompts = [self.render(c, tools) for c in conversations]
+        grounded = [self.ground(c) for c in conversations]
+        prompts = [self.render(c, tools) for c, _ in grounded]
         inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         stops, kwargs = self._settings(sampling)
         output = self._generate(inputs, kwargs)
         width = inputs["input_ids"].shape[1]
         lengths = inputs["attention_mask"].sum(1).tolist()
         return [
-            self._finish_ids(ids[width:], stops, tools, kwargs["max_new_tokens"], length)
-            for ids, length in zip(output, lengths, strict=True)
+            with_sources(self._finish_ids(ids[width:], stops, tools, kwargs["max_new_tokens"], length), passages)
+            for ids, length, (_, passages) in zip(output, lengths, grounded, strict=True)
         ]
 
     def complete(self, prompt: str, tools: list[dict] | None = None, **sampling) -> Reply:

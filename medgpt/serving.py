@@ -4,7 +4,9 @@
 POST /v1/completions. Requests are checked field by field; anything malformed gets a 4xx with an OpenAI-style body
 `{"error": {"message", "type", "param", "code"}}`. Generation runs in worker threads, never on the event loop; at
 most `max_concurrency` run at once and `max_queue` more wait, beyond that a request gets 429. A streaming client
-that disconnects stops its generation after the current token.
+that disconnects stops its generation after the current token. With a knowledge base, chat answers are grounded in
+its passages and the response carries them in an extra top-level field `sources` (the last chunk of a stream), which
+a plain OpenAI client ignores and `response.model_extra["sources"]` reads.
 """
 
 import asyncio
@@ -21,7 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from medgpt.engine import ChatEngine, PromptTooLong, Reply
+from medgpt.engine import ChatEngine, PromptTooLong, Reply, with_sources
 from medgpt.formats import RowError, from_openai
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -217,7 +219,7 @@ def create_app(
             raise APIError(429, f"the server is busy ({load['in_flight']} requests in progress); retry later")
         return Admission(load)
 
-    async def respond(body: dict, prompt: str, tools: list | None, kind: str):
+    async def respond(body: dict, prompt: str, tools: list | None, kind: str, passages: list | None = None):
         sampling = sampling_options(body, served.engine, served.default_max_tokens)
         try:
             served.engine.check_fits(served.engine.count_tokens(prompt), sampling["max_new_tokens"])
@@ -233,10 +235,10 @@ def create_app(
                     reply = await asyncio.to_thread(served.engine.complete, prompt, tools, **sampling)
             finally:
                 admission.release()
-            return JSONResponse(_whole(kind, ident, served.model_id, reply))
+            return JSONResponse(_whole(kind, ident, served.model_id, reply, passages))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return StreamingResponse(
-            _stream(kind, ident, served, prompt, tools, sampling, include_usage, slots, admission),
+            _stream(kind, ident, served, prompt, tools, sampling, include_usage, slots, admission, passages),
             media_type="text/event-stream",
             # Also released here: a client gone before the first chunk never starts the generator above.
             background=BackgroundTask(admission.release),
@@ -255,7 +257,9 @@ def create_app(
     async def chat_completions(request: Request):
         body = await read_body(request)
         messages, tools = chat_messages(body)
-        return await respond(body, served.engine.render(messages, tools), tools, "chat")
+        messages, passages = await asyncio.to_thread(served.engine.ground, messages)
+        grounded = passages if served.engine.knowledge is not None else None
+        return await respond(body, served.engine.render(messages, tools), tools, "chat", grounded)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -272,7 +276,7 @@ def create_app(
     return app
 
 
-def _whole(kind: str, ident: str, model_id: str, reply: Reply) -> dict:
+def _whole(kind: str, ident: str, model_id: str, reply: Reply, passages: list | None = None) -> dict:
     created = int(time.time())
     if kind == "text":
         choice = {"index": 0, "text": reply.text, "logprobs": None, "finish_reason": _finish_reason(reply)}
@@ -282,8 +286,11 @@ def _whole(kind: str, ident: str, model_id: str, reply: Reply) -> dict:
     if reply.tool_calls:
         message["tool_calls"] = _tool_calls(reply)
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish_reason(reply)}
-    return {"id": ident, "object": "chat.completion", "created": created, "model": model_id,
+    body = {"id": ident, "object": "chat.completion", "created": created, "model": model_id,
             "choices": [choice], "usage": _usage(reply)}  # fmt: skip
+    if passages is not None:  # a knowledge base answered: its passages, [] when the documents had nothing
+        body["sources"] = with_sources(reply, passages).sources
+    return body
 
 
 async def _stream(
@@ -296,18 +303,19 @@ async def _stream(
     include_usage: bool,
     slots: asyncio.Semaphore,
     admission: "Admission",
+    passages: list | None = None,
 ) -> AsyncIterator[str]:
     """Server-sent events: one chunk per text piece, a last chunk with finish_reason, optionally usage, [DONE]."""
     created = int(time.time())
     head = {"id": ident, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
             "created": created, "model": served.model_id}  # fmt: skip
 
-    def chunk(delta: dict | str, finish: str | None = None) -> str:
+    def chunk(delta: dict | str, finish: str | None = None, **extra) -> str:
         if kind == "chat":
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         else:
             choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}
-        return _sse({**head, "choices": [choice]})
+        return _sse({**head, "choices": [choice], **extra})
 
     try:
         async with slots:
@@ -321,7 +329,8 @@ async def _stream(
             if reply.tool_calls:
                 calls = [{"index": i, **call} for i, call in enumerate(_tool_calls(reply))]
                 yield chunk({"tool_calls": calls})
-            yield chunk({} if kind == "chat" else "", _finish_reason(reply))
+            extra = {} if passages is None else {"sources": with_sources(reply, passages).sources}
+            yield chunk({} if kind == "chat" else "", _finish_reason(reply), **extra)
             if include_usage:
                 yield _sse({**head, "choices": [], "usage": _usage(reply)})
             yield _sse("[DONE]")

@@ -2,6 +2,7 @@
 headless Chromium."""
 
 import concurrent.futures
+import contextlib
 import json
 import shutil
 import time
@@ -255,18 +256,12 @@ def test_server_flags_are_checked():
 CHROMEDRIVER = shutil.which("chromedriver")
 
 
-@pytest.mark.skipif(
-    CHROMEDRIVER is None, reason="no chromedriver: make test installs chromium and chromium-driver as root"
-)
-def test_gradio_page_streams_an_answer_in_headless_chromium(engine, tmp_path):
+@contextlib.contextmanager
+def page_in_chromium(demo):
+    """The gradio page served on 127.0.0.1, opened in headless Chromium; yields (browser, wait)."""
     webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    import gradio_demo
-
-    demo = gradio_demo.build_demo(engine, "Medical chat: test", "Be brief.", max_new_tokens=24)
     port = free_port()
     demo.queue().launch(
         server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True
@@ -277,18 +272,91 @@ def test_gradio_page_streams_an_answer_in_headless_chromium(engine, tmp_path):
     browser = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
     try:
         browser.get(f"http://127.0.0.1:{port}")
-        box = WebDriverWait(browser, 60).until(lambda b: b.find_element(By.CSS_SELECTOR, "#message textarea"))
-        box.send_keys("What is the weather in Rome?", Keys.ENTER)
-
-        def answer_shown(b) -> bool:
-            text = b.find_element(By.ID, "chatbot").text
-            return "weather in Rome?" in text and len(text.split("weather in Rome?", 1)[1].strip()) > 0
-
-        WebDriverWait(browser, 60).until(answer_shown)
-        browser.save_screenshot(str(tmp_path / "chat.png"))
-        assert (tmp_path / "chat.png").stat().st_size > 1000
-        browser.find_element(By.ID, "clear").click()
-        WebDriverWait(browser, 30).until(lambda b: "weather in Rome" not in b.find_element(By.ID, "chatbot").text)
+        yield browser, lambda seconds, until: WebDriverWait(browser, seconds).until(until)
     finally:
         browser.quit()
         demo.close()
+
+
+def ask_on_the_page(browser, wait, question: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = wait(60, lambda b: b.find_element(By.CSS_SELECTOR, "#message textarea"))
+    box.send_keys(question, Keys.ENTER)
+
+    def answer_shown(b) -> bool:
+        text = b.find_element(By.ID, "chatbot").text
+        return question in text and len(text.split(question, 1)[1].strip()) > 0
+
+    wait(60, answer_shown)
+
+
+@pytest.mark.skipif(
+    CHROMEDRIVER is None, reason="no chromedriver: make test installs chromium and chromium-driver as root"
+)
+def test_gradio_page_streams_an_answer_in_headless_chromium(engine, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    import gradio_demo
+
+    demo = gradio_demo.build_demo(engine, "Medical chat: test", "Be brief.", max_new_tokens=24)
+    with page_in_chromium(demo) as (browser, wait):
+        ask_on_the_page(browser, wait, "What is the weather in Rome?")
+        browser.save_screenshot(str(tmp_path / "chat.png"))
+        assert (tmp_path / "chat.png").stat().st_size > 1000
+        browser.find_element(By.ID, "clear").click()
+        wait(30, lambda b: "weather in Rome" not in b.find_element(By.ID, "chatbot").text)
+
+
+@pytest.fixture(scope="module")
+def grounded(engine, tmp_path_factory) -> ChatEngine:
+    """The same model with a knowledge base of two documents."""
+    from medgpt.retrieval.knowledge import KnowledgeBase
+
+    docs = tmp_path_factory.mktemp("docs")
+    (docs / "warfarin.txt").write_text("For atrial fibrillation the target INR range is 2.0 to 3.0.")
+    (docs / "发热.md").write_text("三个月以下的婴儿发热应当立即就医。", encoding="utf-8")
+    knowledge = KnowledgeBase([docs], None)
+    knowledge.update()
+    return ChatEngine(engine.model, engine.tokenizer, engine.template, knowledge=knowledge)
+
+
+def test_grounded_answers_return_their_sources_to_the_openai_client(grounded, tool_model):
+    with running(openai_api.build_app(server_args(tool_model), grounded, "model")) as base:
+        api = client(base)
+        ask = {"model": "model", "max_tokens": 8, "temperature": 0}
+        reply = api.chat.completions.create(messages=[{"role": "user", "content": "INR range on warfarin?"}], **ask)
+        assert reply.choices[0].message.content is not None
+        assert [s["source"] for s in reply.model_extra["sources"]] == ["warfarin.txt"]
+        stream = api.chat.completions.create(
+            messages=[{"role": "user", "content": "INR range on warfarin?"}], stream=True, **ask
+        )
+        last = list(stream)[-1]
+        assert last.choices[0].finish_reason and last.model_extra["sources"][0]["file"] == "warfarin.txt"
+        uncovered = api.chat.completions.create(messages=[{"role": "user", "content": "带状疱疹会传染吗？"}], **ask)
+        assert uncovered.model_extra["sources"] == []
+        plain = api.completions.create(model="model", prompt="INR", max_tokens=4)
+        assert "sources" not in plain.model_extra, "raw completions are not grounded"
+
+
+@pytest.mark.skipif(
+    CHROMEDRIVER is None, reason="no chromedriver: make test installs chromium and chromium-driver as root"
+)
+def test_gradio_page_shows_the_passages_and_indexes_uploads(grounded, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    import gradio_demo
+
+    upload = tmp_path / "asthma_plan.txt"
+    upload.write_text("In the yellow zone take two to four puffs of the reliever inhaler.")
+    demo = gradio_demo.build_demo(grounded, "Medical chat: documents", max_new_tokens=8)
+    with page_in_chromium(demo) as (browser, wait):
+        ask_on_the_page(browser, wait, "INR range on warfarin?")
+        wait(30, lambda b: "warfarin.txt" in b.find_element(By.ID, "sources").text)
+        assert "2.0 to 3.0" in browser.find_element(By.ID, "sources").text
+        browser.find_element(By.XPATH, "//button[contains(., 'Documents')]").click()  # open the accordion
+        wait(30, lambda b: b.find_element(By.CSS_SELECTOR, "#upload input[type=file]")).send_keys(str(upload))
+        wait(60, lambda b: "1 read now" in b.find_element(By.ID, "indexed").text)
+        ask_on_the_page(browser, wait, "How many puffs of the reliever inhaler?")
+        wait(30, lambda b: "asthma_plan.txt" in b.find_element(By.ID, "sources").text)

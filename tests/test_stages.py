@@ -304,13 +304,15 @@ def test_inference_is_reproducible_with_a_seed(tiny_model_dir, tmp_path):
 def test_interactive_chat_keeps_correct_history(tiny_model_dir, sft_dir, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("first question\nsecond question\nclear\nthird\nexit\n"))
     prompts = []
-    original = inference.ChatEngine.stream
+    from medgpt.engine import ChatEngine
+
+    original = ChatEngine.stream
 
     def spy(engine, messages, *args, **kwargs):
         prompts.append(messages)
         return original(engine, messages, *args, **kwargs)
 
-    monkeypatch.setattr(inference.ChatEngine, "stream", spy)
+    monkeypatch.setattr(ChatEngine, "stream", spy)
     history = inference.main(
         [
             "--base_model",

@@ -40,6 +40,7 @@ PAGES = {
     "inference.py": "docs/merge_and_inference.md",
     "openai_api.py": "docs/serving.md",
     "gradio_demo.py": "docs/serving.md",
+    "chatpdf.py": "docs/knowledge.md",
     "evaluate_model.py": "docs/evaluation.md",
     "tools/convert_dataset.py": "docs/data_tools.md",
     "tools/validate_jsonl.py": "docs/data_tools.md",
