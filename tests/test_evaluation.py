@@ -120,6 +120,31 @@ def test_mcq_picks_the_option_the_model_finds_most_likely(tiny_model_dir, tmp_pa
     assert result["questions"] == 2
 
 
+def test_mcq_scores_the_option_text_alone_unless_the_stop_token_is_asked_for(tiny_model_dir):
+    from medgpt.evaluation.loglik import answer_sequence, shared_prompt_logprobs
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    template = get_template("qwen")
+    prompt, answer = [{"role": "user", "content": "Which drug?"}], {"role": "assistant", "content": "aspirin"}
+    alone = answer_sequence(tokenizer, template, prompt, answer, None, 2048, with_stop=False)
+    with_stop = answer_sequence(tokenizer, template, prompt, answer, None, 2048, with_stop=True)
+    scored = [t for t, keep in zip(*alone, strict=True) if keep]
+    assert tokenizer.decode(scored) == "aspirin" and alone[0][-len(scored) :] == scored, "the sequence ends there"
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert stop in [t for t, keep in zip(*with_stop, strict=True) if keep]
+    bias = torch.zeros(len(tokenizer))
+    bias[stop] = 3.0
+    (total_alone, n_alone), (total_stop, n_stop) = shared_prompt_logprobs(
+        fixed_lm(tiny_model_dir, bias), [[alone, with_stop]], tokenizer.pad_token_id, progress=False
+    )[0]
+    # The fixed head gives every position the same distribution: log p(stop) = 3 - logsumexp(bias), any other
+    # token -logsumexp(bias). The extra scored tokens are the stop token and what the template writes after it.
+    extra = n_stop - n_alone
+    assert extra >= 1
+    norm = float(torch.logsumexp(bias, 0))
+    assert total_stop - total_alone == pytest.approx((3.0 - norm) + (extra - 1) * -norm, abs=1e-4)
+
+
 def test_mcq_skips_rows_with_several_letters_and_reads_medqa_rows(tiny, tmp_path):
     model, tokenizer, template = tiny
     medqa = {"question": "Q?", "options": {"A": "x", "B": "y", "C": "z"}, "answer": "z", "answer_idx": "C"}

@@ -11,11 +11,30 @@ from medgpt.tokenization import encode_segments
 Sequence = tuple[list[int], list[bool]]  # token ids, and whether each token is scored
 
 
-def answer_sequence(tokenizer, template, prompt: list[dict], answer: dict, tools: list | None, max_length: int):
+def answer_sequence(
+    tokenizer,
+    template,
+    prompt: list[dict],
+    answer: dict,
+    tools: list | None,
+    max_length: int,
+    with_stop: bool = True,
+):
     """Token ids of prompt + answer rendered with the template, scored where the answer and its stop string are
-    (the part DPO and SFT train). Longer than max_length: the oldest prompt tokens are dropped."""
+    (the part DPO and SFT train). with_stop=False scores the answer's text alone and ends the sequence there, as
+    multiple-choice scoring in the field does (the stop token measures "would the model end here", not "is this
+    right"). Longer than max_length: the oldest prompt tokens are dropped."""
     prompt_text, answer_text = split_answer(template, prompt, answer, tools)
-    ids, scored, _ = encode_segments(tokenizer, [(prompt_text, False), (answer_text, True)])
+    if with_stop:
+        segments = [(prompt_text, False), (answer_text, True)]
+    else:
+        content = answer["content"].strip()
+        start = answer_text.find(content)
+        if not content or start < 0:  # a template that rewrites the text: score what it wrote, stop included
+            segments = [(prompt_text, False), (answer_text, True)]
+        else:
+            segments = [(prompt_text + answer_text[:start], False), (content, True)]
+    ids, scored, _ = encode_segments(tokenizer, segments)
     return ids[-max_length:], scored[-max_length:]
 
 

@@ -16,6 +16,10 @@ class MultipleChoiceArguments:
     mcq_file: str | None = field(
         default=None, metadata={"help": 'Multiple choice rows {"question", "options", "answer"}: accuracy.'}
     )
+    mcq_with_stop_token: bool = field(
+        default=False,
+        metadata={"help": "Also score the end-of-turn token after each option (default: the option text alone)."},
+    )
 
 
 def check_mcq_row(row: Any) -> Any:
@@ -39,9 +43,17 @@ def option_answer(text: str) -> dict:
     return {"role": "assistant", "content": text}
 
 
-def mcq_accuracy(model, tokenizer, template, rows: list[dict], max_length: int = 2048, progress: bool = True) -> dict:
+def mcq_accuracy(
+    model,
+    tokenizer,
+    template,
+    rows: list[dict],
+    max_length: int = 2048,
+    progress: bool = True,
+    with_stop: bool = False,
+) -> dict:
     """The predicted option is the most likely answer `option_answer(text)` after the question (which lists the
-    options as "A. text" lines). accuracy_sum compares summed log-probs; accuracy_norm (the headline `accuracy`)
+    options as "A. text" lines), its text scored alone (with_stop: its end-of-turn token too). accuracy_sum compares summed log-probs; accuracy_norm (the headline `accuracy`)
     the mean log-prob per token, which does not favour short options. Rows with several correct letters are
     skipped and counted. The options of a question form one batch after their shared prompt (shared_prompt_logprobs).
     """
@@ -55,7 +67,7 @@ def mcq_accuracy(model, tokenizer, template, rows: list[dict], max_length: int =
         prompt, tools = json.loads(row["prompt"]), json.loads(row["tools"]) if row["tools"] else None
         groups.append(
             [
-                answer_sequence(tokenizer, template, prompt, option_answer(text), tools, max_length)
+                answer_sequence(tokenizer, template, prompt, option_answer(text), tools, max_length, with_stop)
                 for text in options.values()
             ]
         )
@@ -75,13 +87,22 @@ def mcq_accuracy(model, tokenizer, template, rows: list[dict], max_length: int =
         "accuracy": accuracy_norm,
         "accuracy_norm": accuracy_norm,
         "accuracy_sum": accuracy_sum,
+        "scored": "option text and end-of-turn token" if with_stop else "option text alone",
         "skipped": dict(skipped),
         "predictions": predictions,
     }
 
 
 def run(context: Context, rows: list[dict], args: MultipleChoiceArguments, prepared: None) -> dict:
-    return mcq_accuracy(context.model, context.tokenizer, context.template, rows, context.max_length, context.progress)
+    return mcq_accuracy(
+        context.model,
+        context.tokenizer,
+        context.template,
+        rows,
+        context.max_length,
+        context.progress,
+        args.mcq_with_stop_token,
+    )
 
 
 def headline(figures: dict) -> list[tuple[str, str]]:
