@@ -53,8 +53,9 @@ def mcq_accuracy(
     with_stop: bool = False,
 ) -> dict:
     """The predicted option is the most likely answer `option_answer(text)` after the question (which lists the
-    options as "A. text" lines), its text scored alone (with_stop: its end-of-turn token too). accuracy_sum compares summed log-probs; accuracy_norm (the headline `accuracy`)
-    the mean log-prob per token, which does not favour short options. Rows with several correct letters are
+    options as "A. text" lines), its text scored alone (with_stop: its end-of-turn token too). accuracy_sum
+    compares summed log-probs; accuracy_norm (the headline `accuracy`) the mean log-prob per token, which does not
+    favour short options. Rows with several correct letters are
     skipped and counted. The options of a question form one batch after their shared prompt (shared_prompt_logprobs).
     """
     groups, questions = [], []
