@@ -63,7 +63,7 @@ evaluate() {  # evaluate NAME WHAT MODEL FLAGS...: held-out figures -> $OUT/eval
     shift 3
     step "eval-$name" "$what" python evaluate_model.py --base_model "$model" --output_file "$OUT/eval/$name.json" "$@"
 }
-HELD_OUT_CHAT="--chat_file data/eval/sft --mcq_file data/eval/mcq"
+HELD_OUT_CHAT="--chat_file data/eval/sft --mcq_file data/eval/mcq --triage_file data/eval/triage --triage_max_new_tokens 64"
 GRPO_REWARDS="medical_accuracy choice_accuracy"
 # Generating answers is the slow part of a held-out check on a CPU: the RL checks answer the first 16 prompts.
 PROMPT_SAMPLES="--max_samples $(steps 16)"

@@ -18,6 +18,8 @@ Table (REWARD_FUNCTIONS):
                     `--format_pattern`), else 0.0
   length_penalty    DAPO overlong penalty: 0, then linearly down to -1 over the last `--overlong_buffer` tokens
   reward_model      a trained reward model (`--reward_model_path`), scored by medgpt.scoring.RewardModelScorer
+  triage            1.0 when the answer sends the patient to urgent care exactly when the row's `urgent` says so and
+                    gives no dangerous dose, else 0.0; rows without `urgent` abstain (medgpt.triage)
 MedicalGPT's names `accuracy`, `accuracy_reward` and `format_reward` are accepted as aliases.
 """
 
@@ -40,6 +42,7 @@ from medgpt.answers import (
     tokenize,
 )
 from medgpt.errors import UserError
+from medgpt.triage import triage as triage_reward
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +190,7 @@ REWARD_FUNCTIONS: dict[str, Callable[[RewardSettings], RewardFunction]] = {
     "format": make_format,
     "length_penalty": make_length_penalty,
     "reward_model": make_reward_model,
+    "triage": lambda settings: triage_reward,
 }
 ALIASES = {"accuracy": "medical_accuracy", "accuracy_reward": "medical_accuracy", "format_reward": "format"}
 

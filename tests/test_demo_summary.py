@@ -21,7 +21,8 @@ def run_dir(tmp_path) -> Path:
     write(out / "stages.txt", "sft rm ppo\n")
     write(out / "timings.tsv", "eval-base\t30\nsft\t200\nrm\t100\nppo\t150\n")
     write(out / "eval" / "base.json", {"chat": {"perplexity": 9.5}, "mcq": {"accuracy": 0.3, "questions": 80}})
-    write(out / "eval" / "sft.json", {"chat": {"perplexity": 6.25}, "mcq": {"accuracy": 0.35, "questions": 80}})
+    sft = {"chat": {"perplexity": 6.25}, "mcq": {"accuracy": 0.35, "questions": 80}}
+    write(out / "eval" / "sft.json", {**sft, "triage": {"recall": 0.5, "specificity": 0.75}})
     write(out / "eval" / "ppo-before.json", {"prompts": {"rewards": {"reward_model": {"mean": 0.5}}}})
     write(out / "eval" / "ppo.json", {"prompts": {"rewards": {"reward_model": {"mean": 0.25}}}})
     write(out / "sft" / "trainer_state.json", {"log_history": [{"loss": 2.0}, {"loss": 1.5}, {"loss": 1.2}]})
@@ -46,7 +47,8 @@ def test_the_summary_reports_each_stage_and_says_when_one_did_not_learn(run_dir)
     assert "pairwise accuracy: 0.500 → 0.800" in rows["| RM"] and "| yes |" in rows["| RM"]
     assert "RM score: 0.100 → 0.400" in rows["| PPO"]  # first vs last third of the logged scores
     assert "mean RM score: 0.500 → 0.250" in rows["| PPO"] and "no: mean RM score did not improve" in rows["| PPO"]
-    assert "| base | 9.500 | 0.300 (80 questions) |" in text and "| after SFT | 6.250 | 0.350 (80 questions) |" in text
+    assert "| base | 9.500 | 0.300 (80 questions) | not measured |" in text
+    assert "| after SFT | 6.250 | 0.350 (80 questions) | 0.500 / 0.750 |" in text
     assert "| What is a fever? | A \\| high temperature. | A body temperature above 38 °C. |" in text
     assert "Whole run: 8 min 0 s" in text
 

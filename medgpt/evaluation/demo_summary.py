@@ -187,17 +187,25 @@ def summary(run: Run) -> str:
         "## Held-out perplexity and multiple choice",
         "",
         "Chat perplexity counts assistant tokens only (data/eval/sft). Multiple-choice accuracy picks the option "
-        "with the highest length-normalised log-likelihood (data/eval/mcq).",
+        "with the highest length-normalised log-likelihood (data/eval/mcq). Triage: the share of red-flag "
+        "prompts whose answer sends the patient to urgent care, and of ordinary ones whose answer does not "
+        "(data/eval/triage).",
         "",
-        "| model | chat perplexity | MCQ accuracy |",
-        "|---|---|---|",
+        "| model | chat perplexity | MCQ accuracy | triage recall / specificity |",
+        "|---|---|---|---|",
     ]
     for name, label in (("base", "base"), ("pt", "after PT"), ("sft", "after SFT")):
         results = run.eval(name)
         if results:
+            triage = (
+                f"{_fmt(_get(results, 'triage', 'recall'))} / {_fmt(_get(results, 'triage', 'specificity'))}"
+                if "triage" in results
+                else "not measured"
+            )
             lines.append(
                 f"| {label} | {_fmt(_get(results, 'chat', 'perplexity'))} | "
-                f"{_fmt(_get(results, 'mcq', 'accuracy'))} ({_get(results, 'mcq', 'questions')} questions) |"
+                f"{_fmt(_get(results, 'mcq', 'accuracy'))} ({_get(results, 'mcq', 'questions')} questions) | "
+                f"{triage} |"
             )
     final = (run.folder / "final_model.txt").read_text().strip() if (run.folder / "final_model.txt").is_file() else ""
     lines += ["", f"## Answers: base model vs final model ({final or 'none'})", ""]
