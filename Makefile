@@ -45,8 +45,10 @@ golang:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go \
 			>/dev/null) || echo "could not install golang-go: the Modelfile template test will skip"; fi
 
+# Two workers, one thread each (pytest-xdist; a test file stays on one worker, so its module fixtures are built once):
+# about 1.7x faster than one process on the 2-core CI machine. The slowest tests are listed at the end.
 test: install browser tcmalloc golang
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 demo: install tcmalloc
 	bash run_pipeline.sh
