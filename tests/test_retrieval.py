@@ -191,6 +191,8 @@ def test_dense_search_is_fused_and_its_embeddings_are_cached(folder, tiny_model_
     monkeypatch.setattr(encoder, "encode", lambda texts: calls.append(texts) or np.zeros((len(texts), 1)))
     KnowledgeBase([folder], tmp_path / "index", encoder=encoder).update()
     assert calls == [], "unchanged documents are not embedded again"
+    KnowledgeBase([folder], tmp_path / "index", chunk_overlap=10, encoder=encoder).update()
+    assert len(calls) == 3, "passages cut otherwise are embedded anew"
 
 
 def test_project_documents_and_questions_are_consistent():

@@ -232,7 +232,8 @@ class KnowledgeBase:
         if not (self.encoder and self.index_dir):
             return None
         model = hashlib.sha256(str(Path(self.encoder.name).resolve()).encode()).hexdigest()[:12]
-        return self.index_dir / "embeddings" / f"{entry['sha256'][:32]}-{model}-{self.chunk_size}.npy"
+        passages = f"{self.chunk_size}-{self.chunk_overlap}"  # the same document cut otherwise has other passages
+        return self.index_dir / "embeddings" / f"{entry['sha256'][:32]}-{model}-{passages}.npy"
 
     def _rebuild(self) -> None:
         self.passages = [(name, p) for name, entry in self.files.items() for p in entry["passages"]]
@@ -242,9 +243,8 @@ class KnowledgeBase:
         blocks = []
         for entry in self.files.values():
             cached = self._embedding_file(entry)
-            if cached and cached.is_file():
-                block = np.load(cached)
-            else:
+            block = np.load(cached) if cached and cached.is_file() else None
+            if block is None or block.shape[0] != len(entry["passages"]):  # absent, or left by another version
                 block = self.encoder.encode([p["text"] for p in entry["passages"]])
                 if cached:
                     with atomic.staged_file(cached) as staging, staging.open("wb") as f:
