@@ -59,7 +59,7 @@ PROMPTS = [
 MCQ = [
     {"question": "Which drug lowers a fever?", "options": {"A": "aspirin", "B": "insulin"}, "answer": "A"},
     {"question": "Which hormone lowers blood glucose?", "options": ["aspirin", "insulin", "salt"], "answer": "B"},
-    {"question": "Which are vitamins?", "options": ["C", "D", "salt"], "answer": "AB"},  # several letters: skipped
+    {"question": "Which are vitamins?", "options": ["C", "D", "salt"], "answer": "AB"},  # scored as a set of letters
 ]
 
 
@@ -145,15 +145,17 @@ def test_mcq_scores_the_option_text_alone_unless_the_stop_token_is_asked_for(tin
     assert total_stop - total_alone == pytest.approx((3.0 - norm) + (extra - 1) * -norm, abs=1e-4)
 
 
-def test_mcq_skips_rows_with_several_letters_and_reads_medqa_rows(tiny, tmp_path):
+def test_mcq_scores_rows_with_several_letters_and_reads_medqa_rows(tiny, tmp_path):
     model, tokenizer, template = tiny
     medqa = {"question": "Q?", "options": {"A": "x", "B": "y", "C": "z"}, "answer": "z", "answer_idx": "C"}
     file = write_jsonl(tmp_path / "mcq.jsonl", [*MCQ, medqa])
     rows = evaluation.read_rows(str(file), "prompt", "mcq_file", check=evaluation.check_mcq_row)
     assert rows[-1]["answer"] == "C" and "A. x\nB. y\nC. z" in json.loads(rows[-1]["prompt"])[-1]["content"]
     result = evaluation.mcq_accuracy(model, tokenizer, template, rows, progress=False)
-    assert result["questions"] == 3 and result["skipped"] == {"several correct letters": 1}
-    assert [p["answer"] for p in result["predictions"]] == ["A", "B", "C"]
+    assert result["questions"] == 4 and result["skipped"] == {}
+    assert [p["answer"] for p in result["predictions"]] == ["A", "B", "AB", "C"]
+    assert result["several_correct"]["questions"] == 1
+    assert len(result["predictions"][2]["sum"]) in (1, 2, 3), "a set of letters is the prediction"
 
 
 # ---------------------------------------------------------------- chat perplexity

@@ -93,7 +93,9 @@ def evaluate(
     dict: "model", one entry per section run (by section name) and "seconds" per section."""
     asked = asked_sections(section_args)
     rows = {
-        section.name: read_rows(
+        section.name: section.read(args, eval_args)
+        if section.read
+        else read_rows(
             getattr(args, section.file_flag),
             section.row_kind,
             section.file_flag,

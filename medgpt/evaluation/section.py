@@ -35,7 +35,9 @@ class Section:
     `headline(figures)` the (figure, value) pairs of the printed table. `prepare(args, engine_args, eval_args)` runs
     before any
     model is loaded (a bad flag fails at once) and its result reaches `run`. `check_row` may refuse a raw row with a
-    RowError, reported as file:line. `on_reward_model`: the section can run on a reward model too.
+    RowError, reported as file:line. `read(args, eval_args)` reads the section's rows itself (default: the
+    project's reader on the file flag, medgpt.evaluation.rows). `on_reward_model`: the section can run on a reward
+    model too.
     """
 
     name: str
@@ -46,6 +48,7 @@ class Section:
     headline: Callable[[dict], list[tuple[str, str]]]
     prepare: Callable[[Any, EngineArguments, Any], Any] | None = None
     check_row: Callable[[Any], Any] | None = None
+    read: Callable[[Any, Any], list[dict]] | None = None
     on_reward_model: bool = False
 
 
