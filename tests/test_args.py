@@ -28,6 +28,7 @@ SCRIPTS = [
     "tools.model_quant",
     "tools.eval_quantize",
     "tools.export_gguf",
+    "tools.lm_eval_task",
 ]
 TYPES = (args.ModelArguments, args.LoraArguments, args.DataArguments, TrainingArguments)
 

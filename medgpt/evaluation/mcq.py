@@ -225,7 +225,12 @@ def mcq_accuracy(
     for (labels, answer, name), option_scores in zip(questions, scores, strict=True):
         best_sum = max(range(len(labels)), key=lambda i: option_scores[i][0])  # ties: the first option
         best_norm = max(range(len(labels)), key=lambda i: option_scores[i][0] / max(1, option_scores[i][1]))
-        prediction = {"answer": answer, "sum": labels[best_sum], "norm": labels[best_norm]}
+        prediction = {
+            "answer": answer,
+            "sum": labels[best_sum],
+            "norm": labels[best_norm],
+            "logprobs": {label: round(score[0], 5) for label, score in zip(labels, option_scores, strict=True)},
+        }
         predictions.append(prediction if name is None else {**prediction, "subject": name})
     figures = _accuracy(predictions)
     results = {**figures, "accuracy_norm": figures["accuracy"]}
