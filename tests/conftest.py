@@ -17,12 +17,16 @@ if os.environ.get("MEDGPT_TEST_GPU") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the default suite is CPU-only; MEDGPT_TEST_GPU=1 runs gpu tests
 
 import json  # noqa: E402
+import random  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -205,3 +209,84 @@ def assert_same_adapter(first: Path, second: Path) -> None:
     assert a.keys() == b.keys()
     for name, tensor in a.items():
         torch.testing.assert_close(b[name], tensor, atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- a flaky OpenAI-compatible endpoint
+
+FAILURES = ("429", "500", "drop", "slow")
+SLOW = 1.5
+
+
+class FlakyEndpoint(BaseHTTPRequestHandler):
+    """Chat completions that fail at random one time in three, cycling through the ways an endpoint fails; a
+    request that gets through is answered by `reply(request body, number of the answer)`. A slow answer takes
+    SLOW seconds (give the client a shorter timeout)."""
+
+    rng = random.Random(0)
+    lock = threading.Lock()
+    served: Counter = Counter()
+    delay = 0.0
+    reply: Callable[[dict, int], str] = staticmethod(lambda body, number: f"answer {number}")
+    requests: list = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.lock:
+            self.requests.append(body)
+            failing = self.rng.random() < 1 / 3
+            outcome = FAILURES[sum(self.served[f] for f in FAILURES) % len(FAILURES)] if failing else "ok"
+            self.served[outcome] += 1
+            number = self.served["ok"]
+        time.sleep(self.delay)
+        if outcome == "drop":
+            self.close_connection = True  # no status line at all: the client sees the connection end
+            return
+        if outcome == "slow":
+            time.sleep(SLOW)
+        status = {"ok": 200, "429": 429, "500": 500, "slow": 200}[outcome]
+        reply = {
+            "id": f"cmpl-{number}",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": self.reply(body, number)},
+                }
+            ],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        }
+        data = json.dumps(reply if status == 200 else {"error": {"message": outcome}}).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if status == 429:
+                self.send_header("retry-after-ms", "20")
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up on a slow answer
+            pass
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextmanager
+def flaky_endpoint(reply: Callable[[dict, int], str], delay: float = 0.0):
+    """A FlakyEndpoint on 127.0.0.1 in a thread; yields its base URL (…/v1)."""
+    FlakyEndpoint.reply = staticmethod(reply)
+    FlakyEndpoint.requests = []
+    FlakyEndpoint.served = Counter()
+    FlakyEndpoint.rng = random.Random(0)
+    FlakyEndpoint.delay = delay
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FlakyEndpoint)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        thread.join()

@@ -3,19 +3,14 @@ third of its requests (429, 500, dropped connections, timeouts): every dialogue 
 resumes without duplicates or losses, and the output is training data validate_jsonl.py accepts."""
 
 import json
-import random
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import running, write_jsonl
+from conftest import FAILURES, FlakyEndpoint, flaky_endpoint, running, write_jsonl
 
 import openai_api
 from medgpt.engine import ChatEngine
@@ -25,76 +20,13 @@ from tools import generate_dialogues, validate_jsonl
 pytest.importorskip("openai")
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = ROOT / "data" / "roleplay" / "patient_seeds.jsonl"
-FAILURES = ("429", "500", "drop", "slow")
 TIMEOUT = 1.0
 
 
-class FlakyEndpoint(BaseHTTPRequestHandler):
-    """Chat completions that fail at random one time in three, cycling through the ways an endpoint fails."""
-
-    rng = random.Random(0)
-    lock = threading.Lock()
-    served: Counter = Counter()
-    delay = 0.0
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with self.lock:
-            failing = self.rng.random() < 1 / 3
-            outcome = FAILURES[sum(self.served[f] for f in FAILURES) % len(FAILURES)] if failing else "ok"
-            self.served[outcome] += 1
-            number = self.served["ok"]
-        time.sleep(self.delay)
-        if outcome == "drop":
-            self.close_connection = True  # no status line at all: the client sees the connection end
-            return
-        if outcome == "slow":
-            time.sleep(TIMEOUT * 1.5)
-        status = {"ok": 200, "429": 429, "500": 500, "slow": 200}[outcome]
-        speaker = "patient" if "role-playing" in body["messages"][0]["content"] else "clinician"
-        reply = {
-            "id": f"cmpl-{number}",
-            "object": "chat.completion",
-            "created": 0,
-            "model": body["model"],
-            "choices": [
-                {
-                    "index": 0,
-                    "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": f"{speaker} {number}"},
-                }
-            ],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-        }
-        data = json.dumps(reply if status == 200 else {"error": {"message": outcome}}).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            if status == 429:
-                self.send_header("retry-after-ms", "20")
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):  # the client gave up on a slow answer
-            pass
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@contextmanager
-def flaky_endpoint(delay: float = 0.0):
-    FlakyEndpoint.served = Counter()
-    FlakyEndpoint.rng = random.Random(0)
-    FlakyEndpoint.delay = delay
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FlakyEndpoint)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        thread.join()
+def speaker_line(body: dict, number: int) -> str:
+    """The stand-in's reply: who speaks, and the number of the answer."""
+    speaker = "patient" if "role-playing" in body["messages"][0]["content"] else "clinician"
+    return f"{speaker} {number}"
 
 
 def command(url: str, output: Path, number: int, *extra: str) -> list[str]:
@@ -114,7 +46,7 @@ def expected_ids(number: int) -> list[str]:
 
 def test_flaky_endpoint_loses_and_repeats_nothing(tmp_path, capsys):
     output = tmp_path / "dialogues.jsonl"
-    with flaky_endpoint() as url:
+    with flaky_endpoint(speaker_line) as url:
         extra = ("--concurrency", "4", "--input_price", "2", "--output_price", "8")
         assert generate_dialogues.main(command(url, output, 12, *extra)) == 0
     served = FlakyEndpoint.served
@@ -137,7 +69,7 @@ def test_flaky_endpoint_loses_and_repeats_nothing(tmp_path, capsys):
 
 def test_a_killed_run_resumes_without_duplicates(tmp_path, capsys):
     output = tmp_path / "dialogues.jsonl"
-    with flaky_endpoint(delay=0.1) as url:
+    with flaky_endpoint(speaker_line, delay=0.1) as url:
         tool = [sys.executable, str(ROOT / "tools" / "generate_dialogues.py"), *command(url, output, 30)]
         process = subprocess.Popen(tool, cwd=ROOT, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120

@@ -2,10 +2,13 @@
 
 Each section runs only when its file flag is given (evaluate_model.py is the command line):
   chat        perplexity over assistant tokens (the tokens SFT trains: answers and their stop strings)
-  mcq         multiple-choice accuracy: the option the model finds most likely as its answer
+  mcq         multiple-choice accuracy: the option the model finds most likely as its answer (the project's rows or
+              the benchmarks' own files, medgpt.evaluation.benchmarks)
   preference  chosen vs rejected: a reward model's scores, the DPO implicit reward against a reference model, or the
               plain log-prob margin
   prompts     answers generated with the chat engine, scored by reward functions (medgpt.rewards)
+  triage      answers to red-flag and ordinary cases: sent to urgent care where needed, and only there
+  judge       answers rated by a judge model against a rubric, and compared with another model's in both orders
 
 A section is a module with its own flags, its computation and its headline (medgpt/evaluation/section.py); the
 table in medgpt/evaluation/sections.py lists them, and the runner and the report know nothing about any one. Every

@@ -21,6 +21,9 @@ def format_table(results: dict) -> str:
     """The figures as a markdown table."""
     lines = ["| section | figure | value |", "|---|---|---|"]
     lines += [f"| {section} | {name} | {value} |" for section, name, value in table_rows(results)]
+    if judge := results.get("judge_model"):  # failed requests are left out of the figures: a rerun asks them again
+        asked = f"{judge['requests']} sent, {judge['cached']} from the cache, {len(judge['failed'])} failed"
+        lines.append(f"| judge model | {judge['model']} | {asked} |")
     return "\n".join(lines)
 
 

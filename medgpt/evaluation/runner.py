@@ -11,6 +11,7 @@ import torch
 from medgpt.args import DTYPES
 from medgpt.engine import EngineArguments
 from medgpt.errors import UserError
+from medgpt.evaluation.judge import Judge
 from medgpt.evaluation.rows import read_rows
 from medgpt.evaluation.section import Context
 from medgpt.evaluation.sections import SECTIONS
@@ -35,6 +36,22 @@ class EvalArguments:
     )
     skip_bad_rows: bool = field(default=False, metadata={"help": "Skip malformed rows (counted) instead of stopping."})
     output_file: str | None = field(default=None, metadata={"help": "Write every figure (and answers) to this JSON."})
+    judge_base_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "A judge model's OpenAI-compatible endpoint (key: $JUDGE_API_KEY or $OPENAI_API_KEY), for "
+            "--judge_file and for --triage_file's referrals."
+        },
+    )
+    judge_model: str | None = field(default=None, metadata={"help": "The judge model's name at --judge_base_url."})
+    judge_concurrency: int = field(default=4, metadata={"help": "Judge requests under way at once."})
+    judge_max_retries: int = field(default=4, metadata={"help": "Retries per judge request (429, 5xx, timeouts)."})
+    judge_timeout: float = field(default=120.0, metadata={"help": "Seconds per judge request before a retry."})
+    judge_max_tokens: int = field(default=512, metadata={"help": "Longest judge reply (its reasons and verdict)."})
+    judge_cache: str | None = field(
+        default=None,
+        metadata={"help": "The judge's answers, reused by reruns (default: ~/.cache/medgpt/judge_cache.jsonl)."},
+    )
 
     def __post_init__(self) -> None:
         for flag, value, least in (
@@ -44,6 +61,31 @@ class EvalArguments:
         ):
             if value < least:
                 raise UserError(f"--{flag} {value} is too small; use at least {least}.")
+        if bool(self.judge_base_url) != bool(self.judge_model):
+            raise UserError("--judge_base_url and --judge_model go together: the endpoint and the judge model's name.")
+        for flag, value, least in (
+            ("judge_concurrency", self.judge_concurrency, 1),
+            ("judge_max_retries", self.judge_max_retries, 0),
+            ("judge_max_tokens", self.judge_max_tokens, 1),
+        ):
+            if value < least:
+                raise UserError(f"--{flag} {value} is too small; use at least {least}.")
+        if self.judge_timeout <= 0:
+            raise UserError(f"--judge_timeout {self.judge_timeout}: give the seconds to wait, more than 0.")
+
+    def judge(self) -> Judge | None:
+        """The judge model the flags name, or None."""
+        if not self.judge_base_url:
+            return None
+        return Judge(
+            self.judge_base_url,
+            self.judge_model,
+            self.judge_cache,
+            self.judge_concurrency,
+            self.judge_max_retries,
+            self.judge_timeout,
+            self.judge_max_tokens,
+        )
 
     def dtype(self) -> str | None:
         """The dtype to load weights in; None = the checkpoint's. CPUs get float32: most compute bf16/fp16 slowly
@@ -123,6 +165,8 @@ def evaluate(
         started = time.perf_counter()
         results[section.name] = section.run(context, rows[section.name], args, prepared[section.name])
         results["seconds"][section.name] = round(time.perf_counter() - started, 2)
+    if context.judge is not None:
+        results["judge_model"] = context.judge.report()
     return results
 
 
@@ -145,4 +189,4 @@ def load(engine_args: EngineArguments, eval_args: EvalArguments, kind: str, prog
     )
     context_length = getattr(model.config, "max_position_embeddings", None) or eval_args.max_length
     max_length = min(eval_args.max_length, context_length)
-    return Context(model, tokenizer, template, kind, engine_args, eval_args, max_length, progress)
+    return Context(model, tokenizer, template, kind, engine_args, eval_args, max_length, progress, eval_args.judge())

@@ -14,7 +14,7 @@ from medgpt.engine import EngineArguments
 @dataclass
 class Context:
     """What every section gets: the evaluated model (None for a reward model), its tokenizer and chat template,
-    the flags of the model and of the run, and the longest sequence the model takes."""
+    the flags of the model and of the run, the longest sequence the model takes, and the judge model if any."""
 
     model: Any
     tokenizer: Any
@@ -24,6 +24,7 @@ class Context:
     eval_args: Any  # medgpt.evaluation.runner.EvalArguments
     max_length: int
     progress: bool = True
+    judge: Any = None  # a medgpt.evaluation.judge.Judge when --judge_base_url is given
 
 
 @dataclass(frozen=True)

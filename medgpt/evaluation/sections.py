@@ -2,12 +2,12 @@
 flags, computation and headline; see medgpt/evaluation/section.py) and one row here, or `register(SECTION)` from
 your own code before evaluate_model.main runs."""
 
-from medgpt.evaluation import chat, mcq, preference, prompts, triage
+from medgpt.evaluation import chat, judging, mcq, preference, prompts, triage
 from medgpt.evaluation.section import Section
 
 SECTIONS: dict[str, Section] = {
     section.name: section
-    for section in (chat.SECTION, mcq.SECTION, preference.SECTION, prompts.SECTION, triage.SECTION)
+    for section in (chat.SECTION, mcq.SECTION, preference.SECTION, prompts.SECTION, triage.SECTION, judging.SECTION)
 }
 
 
