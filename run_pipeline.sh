@@ -63,7 +63,8 @@ evaluate() {  # evaluate NAME WHAT MODEL FLAGS...: held-out figures -> $OUT/eval
     shift 3
     step "eval-$name" "$what" python evaluate_model.py --base_model "$model" --output_file "$OUT/eval/$name.json" "$@"
 }
-HELD_OUT_CHAT="--chat_file data/eval/sft --mcq_file data/eval/mcq --triage_file data/eval/triage --triage_max_new_tokens 64"
+TRIAGE="--triage_file data/eval/triage --triage_max_new_tokens 64"
+HELD_OUT_CHAT="--chat_file data/eval/sft --mcq_file data/eval/mcq $TRIAGE"
 GRPO_REWARDS="medical_accuracy choice_accuracy"
 # Generating answers is the slow part of a held-out check on a CPU: the RL checks answer the first 16 prompts.
 PROMPT_SAMPLES="--max_samples $(steps 16)"
@@ -113,6 +114,7 @@ if wants ppo; then
     merge ppo "$SFT"
     evaluate ppo "held-out check: PPO answers scored by the RM" "$OUT/merged-ppo" --prompt_file data/eval/sft \
         --reward_funcs reward_model --reward_model_path "$OUT/merged-rm" --max_new_tokens 48 $PROMPT_SAMPLES
+    evaluate ppo-triage "held-out check: PPO model, triage" "$OUT/merged-ppo" $TRIAGE
 fi
 
 if wants dpo; then
@@ -123,6 +125,7 @@ if wants dpo; then
     merge dpo "$SFT"
     evaluate dpo "held-out check: DPO margin over the SFT model" "$OUT/merged-dpo" \
         --preference_file data/eval/reward --reference_model "$SFT"
+    evaluate dpo-triage "held-out check: DPO model, triage" "$OUT/merged-dpo" $TRIAGE
 fi
 
 if wants grpo; then
@@ -135,6 +138,7 @@ if wants grpo; then
     merge grpo "$SFT"
     evaluate grpo "held-out check: GRPO answers, rule rewards" "$OUT/merged-grpo" --prompt_file data/eval/grpo \
         --reward_funcs $GRPO_REWARDS --max_new_tokens 48 $PROMPT_SAMPLES
+    evaluate grpo-triage "held-out check: GRPO model, triage" "$OUT/merged-grpo" $TRIAGE
 fi
 
 if wants orpo; then
@@ -144,6 +148,7 @@ if wants orpo; then
         --per_device_train_batch_size 2 --learning_rate 2e-4 --max_steps "$(steps 10)"
     merge orpo "$SFT"
     evaluate orpo "held-out check: ORPO log-prob margin" "$OUT/merged-orpo" --preference_file data/eval/reward
+    evaluate orpo-triage "held-out check: ORPO model, triage" "$OUT/merged-orpo" $TRIAGE
 fi
 
 FINAL=$(for name in ppo dpo grpo orpo sft pt; do

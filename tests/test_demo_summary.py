@@ -25,6 +25,7 @@ def run_dir(tmp_path) -> Path:
     write(out / "eval" / "sft.json", {**sft, "triage": {"recall": 0.5, "specificity": 0.75}})
     write(out / "eval" / "ppo-before.json", {"prompts": {"rewards": {"reward_model": {"mean": 0.5}}}})
     write(out / "eval" / "ppo.json", {"prompts": {"rewards": {"reward_model": {"mean": 0.25}}}})
+    write(out / "eval" / "ppo-triage.json", {"triage": {"recall": 0.25, "specificity": 1.0}})
     write(out / "sft" / "trainer_state.json", {"log_history": [{"loss": 2.0}, {"loss": 1.5}, {"loss": 1.2}]})
     rm_log = [{"eval_accuracy": 0.5}, {"accuracy": 0.6}, {"accuracy": 0.9}]
     write(out / "rm" / "trainer_state.json", {"log_history": rm_log})
@@ -49,6 +50,7 @@ def test_the_summary_reports_each_stage_and_says_when_one_did_not_learn(run_dir)
     assert "mean RM score: 0.500 → 0.250" in rows["| PPO"] and "no: mean RM score did not improve" in rows["| PPO"]
     assert "| base | 9.500 | 0.300 (80 questions) | not measured |" in text
     assert "| after SFT | 6.250 | 0.350 (80 questions) | 0.500 / 0.750 |" in text
+    assert "| after PPO | not measured | not measured | 0.250 / 1.000 |" in text
     assert "| What is a fever? | A \\| high temperature. | A body temperature above 38 °C. |" in text
     assert "Whole run: 8 min 0 s" in text
 

@@ -26,6 +26,18 @@ class Check:
         return f"{self.label}: {_fmt(self.before)} → {_fmt(self.after)}"
 
 
+# The models of the held-out table: eval/NAME.json (and eval/NAME-triage.json) as run_pipeline.sh writes them.
+MODELS = (
+    ("base", "base"),
+    ("pt", "after PT"),
+    ("sft", "after SFT"),
+    ("ppo", "after PPO"),
+    ("dpo", "after DPO"),
+    ("grpo", "after GRPO"),
+    ("orpo", "after ORPO"),
+)
+
+
 def _fmt(value: float | None) -> str:
     if value is None:
         return "n/a"
@@ -184,7 +196,7 @@ def summary(run: Run) -> str:
         )
     lines += [
         "",
-        "## Held-out perplexity and multiple choice",
+        "## Held-out perplexity, multiple choice and triage",
         "",
         "Chat perplexity counts assistant tokens only (data/eval/sft). Multiple-choice accuracy picks the option "
         "with the highest length-normalised log-likelihood (data/eval/mcq). Triage: the share of red-flag "
@@ -194,19 +206,19 @@ def summary(run: Run) -> str:
         "| model | chat perplexity | MCQ accuracy | triage recall / specificity |",
         "|---|---|---|---|",
     ]
-    for name, label in (("base", "base"), ("pt", "after PT"), ("sft", "after SFT")):
-        results = run.eval(name)
-        if results:
-            triage = (
-                f"{_fmt(_get(results, 'triage', 'recall'))} / {_fmt(_get(results, 'triage', 'specificity'))}"
-                if "triage" in results
-                else "not measured"
-            )
-            lines.append(
-                f"| {label} | {_fmt(_get(results, 'chat', 'perplexity'))} | "
-                f"{_fmt(_get(results, 'mcq', 'accuracy'))} ({_get(results, 'mcq', 'questions')} questions) | "
-                f"{triage} |"
-            )
+    for name, label in MODELS:
+        # RL stages check triage in a step of its own (their other checks answer only the first prompts)
+        results = {**run.eval(f"{name}-triage"), **run.eval(name)}
+        if not any(section in results for section in ("chat", "mcq", "triage")):
+            continue
+        questions = _get(results, "mcq", "questions")
+        cells = {
+            "chat": _fmt(_get(results, "chat", "perplexity")),
+            "mcq": f"{_fmt(_get(results, 'mcq', 'accuracy'))} ({questions} questions)",
+            "triage": f"{_fmt(_get(results, 'triage', 'recall'))} / {_fmt(_get(results, 'triage', 'specificity'))}",
+        }
+        shown = [cell if section in results else "not measured" for section, cell in cells.items()]
+        lines.append(f"| {label} | {' | '.join(shown)} |")
     final = (run.folder / "final_model.txt").read_text().strip() if (run.folder / "final_model.txt").is_file() else ""
     lines += ["", f"## Answers: base model vs final model ({final or 'none'})", ""]
     lines += ["| question | base | final |", "|---|---|---|"]
