@@ -51,6 +51,7 @@ PAGES = {
     "tools/model_quant.py": "docs/export.md",
     "tools/eval_quantize.py": "docs/export.md",
     "tools/export_gguf.py": "docs/export.md",
+    "tools/lm_eval_task.py": "docs/evaluation.md",
     "tools/build_domain_tokenizer.py": "docs/vocabulary.md",
     "tools/merge_tokenizers.py": "docs/vocabulary.md",
 }
