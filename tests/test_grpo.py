@@ -67,3 +67,27 @@ def test_off_policy_sampling_is_refused(eos_padded_policy, tmp_path, flags, name
         grpo_training.main(grpo_argv(eos_padded_policy, tmp_path, tmp_path / "out", *flags))
     assert named in str(error.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_every_rollout_is_generated_with_the_kv_cache(eos_padded_policy, tmp_path, monkeypatch):
+    """With --gradient_checkpointing, generate still runs the prompt once and then one new token per forward pass."""
+    from transformers import GenerationMixin
+
+    write_jsonl(tmp_path / "qa" / "train.jsonl", [{"question": q, "answer": "rest and fluids"} for q in QUESTIONS])
+    calls, original = [], GenerationMixin.generate
+
+    def generate(self, *args, **kwargs):
+        lengths: list[int] = []
+        hook = self.get_input_embeddings().register_forward_hook(lambda m, a, out: lengths.append(a[0].shape[1]))
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            hook.remove()
+            calls.append(lengths)
+
+    monkeypatch.setattr(GenerationMixin, "generate", generate)
+    extra = ("--gradient_checkpointing", "True", "--max_steps", "2", "--bf16", "False")
+    grpo_training.main(grpo_argv(eos_padded_policy, tmp_path / "qa", tmp_path / "out", *extra))
+    assert len(calls) >= 2
+    for lengths in calls:
+        assert len(lengths) > 1 and set(lengths[1:]) == {1}, f"a forward pass over the whole sequence ({lengths})"

@@ -119,3 +119,29 @@ def test_the_trainer_internals_ppo_runs_on_are_pinned():
     message = str(error.value)
     assert "Trainer._finalize_training is gone" in message and "_load_rng_state no longer takes checkpoint" in message
     assert transformers.__version__ in message
+
+
+def test_every_rollout_is_generated_with_the_kv_cache(eos_padded_policy, reward_dir, tmp_path, monkeypatch):
+    """With --gradient_checkpointing (the layers checkpoint in training mode, and a checkpointed layer drops the cache),
+    each rollout still runs the prompt once and then one new token per forward pass."""
+    write_jsonl(tmp_path / "prompts" / "train.jsonl", PROMPTS)
+    calls, original = [], PPOTrainer.generate
+
+    def generate(self, model, batch):
+        lengths: list[int] = []
+        embeddings = self.accelerator.unwrap_model(model).policy.get_input_embeddings()
+        hook = embeddings.register_forward_hook(lambda module, args, output: lengths.append(args[0].shape[1]))
+        try:
+            queries, query_mask, responses = original(self, model, batch)
+        finally:
+            hook.remove()
+        calls.append((queries.shape[1], lengths))
+        return queries, query_mask, responses
+
+    monkeypatch.setattr(PPOTrainer, "generate", generate)
+    extra = ("--gradient_checkpointing", "True", "--max_steps", "3")
+    ppo_training.main(ppo_argv(eos_padded_policy, reward_dir, tmp_path / "prompts", tmp_path / "out", *extra))
+    assert len(calls) == 3
+    for prompt_length, lengths in calls:
+        assert lengths[0] == prompt_length and len(lengths) > 1
+        assert set(lengths[1:]) == {1}, f"a forward pass over the whole sequence: no KV cache ({lengths})"
