@@ -25,16 +25,27 @@ class ServerArguments:
     host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (0.0.0.0 = every interface)."})
     port: int = field(default=8000, metadata={"help": "TCP port."})
     api_key: str | None = field(default=None, metadata={"help": "Require 'Authorization: Bearer KEY' on /v1."})
-    max_concurrency: int = field(default=1, metadata={"help": "Generations running at once."})
-    max_queue: int = field(default=16, metadata={"help": "Requests waiting for a slot; more get HTTP 429."})
+    max_batch_size: int = field(
+        default=8, metadata={"help": "Concurrent requests answered together in one generate (1: one by one)."}
+    )
+    max_batch_wait_ms: float = field(
+        default=20.0, metadata={"help": "How long a new batch waits for more requests to join it (milliseconds)."}
+    )
+    max_queue: int = field(default=16, metadata={"help": "Requests waiting beyond a full batch; more get HTTP 429."})
     max_new_tokens: int = field(default=512, metadata={"help": "Answer length when a request sets no max_tokens."})
 
     def __post_init__(self) -> None:
-        if self.max_concurrency < 1 or self.max_queue < 0 or self.max_new_tokens < 1 or not 0 < self.port < 65536:
+        if (
+            min(self.max_batch_size, self.max_new_tokens) < 1
+            or self.max_batch_wait_ms < 0
+            or self.max_queue < 0
+            or not 0 < self.port < 65536
+        ):
             raise UserError(
-                f"--max_concurrency {self.max_concurrency} (>= 1), --max_queue {self.max_queue} (>= 0), "
-                f"--max_new_tokens {self.max_new_tokens} (>= 1) and --port {self.port} (1-65535): a value is out "
-                "of range."
+                f"--max_batch_size {self.max_batch_size} (>= 1), --max_batch_wait_ms {self.max_batch_wait_ms} (>= 0), "
+                f"--max_queue {self.max_queue} (>= 0), "
+                f"--max_new_tokens {self.max_new_tokens} (>= 1) and --port {self.port} (1-65535): a value is out of "
+                "range."
             )
 
 
@@ -46,9 +57,10 @@ def build_app(server_args: ServerArguments, engine: ChatEngine, default_name: st
         engine,
         model_id,
         api_key=server_args.api_key,
-        max_concurrency=server_args.max_concurrency,
         max_queue=server_args.max_queue,
         default_max_tokens=server_args.max_new_tokens,
+        max_batch_size=server_args.max_batch_size,
+        max_batch_wait=server_args.max_batch_wait_ms / 1000,
     )
 
 

@@ -14,13 +14,14 @@ carries them as `sources` (file, page or line, text, and whether the answer cite
     for piece in engine.stream(messages, max_new_tokens=128): print(piece, end="")
 """
 
+import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, set_seed
+from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
 
 from medgpt.chat import TOOL_FORMATS, parse_tool_calls
 from medgpt.generation import cut_at_stop, generation_kwargs, stop_strings
@@ -77,11 +78,43 @@ class PromptTooLong(ValueError):
 
 
 class _Cancelled(StoppingCriteria):
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
+    """Ends the rows whose event is set (one event per row of the batch; None: never)."""
+
+    def __init__(self, events: list[threading.Event | None]) -> None:
+        self.events = events
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        flags = [event is not None and event.is_set() for event in self.events]
+        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
+
+
+class _RowStreamer:
+    """A `generate` streamer for a batch: each row's new text goes to its own queue (None: a row nobody reads),
+    then None when the batch ends. A row's text is given out up to its last whole character."""
+
+    def __init__(self, tokenizer, queues: list[queue.Queue | None]) -> None:
+        self.tokenizer, self.queues = tokenizer, queues
+        self.ids: list[list[int]] = [[] for _ in queues]
+        self.given = [0] * len(queues)
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate hands over the prompt first
+            self.prompt_seen = True
+            return
+        for row, token in enumerate(value.reshape(len(self.queues), -1)[:, -1].tolist()):
+            if self.queues[row] is None:
+                continue
+            self.ids[row].append(token)
+            text = self.tokenizer.decode(self.ids[row], skip_special_tokens=True)
+            if not text.endswith("\ufffd") and len(text) > self.given[row]:  # not half a character
+                self.queues[row].put(text[self.given[row] :])
+                self.given[row] = len(text)
+
+    def end(self) -> None:
+        for rows in self.queues:
+            if rows is not None:
+                rows.put(None)
 
 
 class TextStream:
@@ -188,63 +221,88 @@ class ChatEngine:
         """Answers to several conversations, generated together (left-padded)."""
         grounded = [self.ground(c) for c in conversations]
         prompts = [self.render(c, tools) for c, _ in grounded]
-        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        stops, kwargs = self._settings(sampling)
-        output = self._generate(inputs, kwargs)
-        width = inputs["input_ids"].shape[1]
-        lengths = inputs["attention_mask"].sum(1).tolist()
-        return [
-            with_sources(self._finish_ids(ids[width:], stops, tools, kwargs["max_new_tokens"], length), passages)
-            for ids, length, (_, passages) in zip(output, lengths, grounded, strict=True)
-        ]
+        replies = self.complete_batch(prompts, [tools] * len(prompts), **sampling)
+        return [with_sources(reply, passages) for reply, (_, passages) in zip(replies, grounded, strict=True)]
 
     def complete(self, prompt: str, tools: list[dict] | None = None, **sampling) -> Reply:
         """The model's continuation of `prompt` (already in chat format, or raw text), cut at the stops."""
-        inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-        stops, kwargs = self._settings(sampling)
-        self.check_fits(inputs["input_ids"].shape[1], kwargs["max_new_tokens"])
-        output = self._generate(inputs, kwargs)
-        new = output[0, inputs["input_ids"].shape[1] :]
-        return self._finish_ids(new, stops, tools, kwargs["max_new_tokens"], inputs["input_ids"].shape[1])
+        self.check_fits(self.count_tokens(prompt), sampling.get("max_new_tokens", 512))
+        return self.complete_batch([prompt], [tools], **sampling)[0]
+
+    def complete_batch(
+        self,
+        prompts: list[str],
+        tools: list[list[dict] | None],
+        limits: list[int] | None = None,
+        streams: list[queue.Queue | None] | None = None,
+        cancels: list[threading.Event | None] | None = None,
+        **sampling,
+    ) -> list[Reply]:
+        """`complete` of several prompts in one left-padded `generate`, all with the same sampling settings. Each
+        prompt may have its own answer budget (`limits`, else max_new_tokens): the batch runs to the largest, and
+        each answer is cut at its own, as if generated alone (with greedy decoding, the same tokens). `streams`: a
+        queue per row that receives its text as it is generated (then None); `cancels`: an event per row that ends
+        it."""
+        limits = limits or [sampling.get("max_new_tokens", 512)] * len(prompts)
+        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        stops, kwargs = self._settings({**sampling, "max_new_tokens": max(limits)})
+        if streams is not None:
+            kwargs["streamer"] = _RowStreamer(self.tokenizer, streams)
+        if cancels is not None:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_Cancelled(cancels)])
+        try:
+            output = self._generate(inputs, kwargs)
+        finally:
+            if streams is not None:
+                kwargs["streamer"].end()  # readers stop waiting, also when generate failed
+        width = inputs["input_ids"].shape[1]
+        lengths = inputs["attention_mask"].sum(1).tolist()
+        return [
+            self._finish_ids(ids[width : width + limit], stops, row_tools, limit, length)
+            for ids, length, limit, row_tools in zip(output, lengths, limits, tools, strict=True)
+        ]
 
     def complete_stream(
         self, prompt: str, tools: list[dict] | None = None, cancel: threading.Event | None = None, **sampling
     ) -> TextStream:
         """`complete` as text pieces. Setting `cancel` stops the generation after the current token."""
-        inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-        stops, kwargs = self._settings(sampling)
-        prompt_tokens = inputs["input_ids"].shape[1]
-        self.check_fits(prompt_tokens, kwargs["max_new_tokens"])
+        self.check_fits(self.count_tokens(prompt), sampling.get("max_new_tokens", 512))
         cancel = cancel or threading.Event()
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        pieces: queue.Queue = queue.Queue()
         result: dict = {}
 
         def run() -> None:
             try:
-                result["output"] = self._generate(
-                    inputs,
-                    {**kwargs, "streamer": streamer, "stopping_criteria": StoppingCriteriaList([_Cancelled(cancel)])},
-                )
-            except BaseException as err:  # surfaces in the caller's thread below
+                result["reply"] = self.complete_batch([prompt], [tools], None, [pieces], [cancel], **sampling)[0]
+            except BaseException as err:  # surfaces in the reader's thread, from the finished stream
                 result["error"] = err
-                streamer.end()
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
 
-        def finish(text: str) -> Reply:
+        def reply() -> Reply:
             thread.join()
             if "error" in result:
                 raise result["error"]
-            new = result["output"][0, prompt_tokens:]
-            reply = self._finish_text(text, new, stops, tools, kwargs["max_new_tokens"], prompt_tokens)
+            return result["reply"]
+
+        return self.text_stream(pieces, reply, cancel, tools, sampling)
+
+    def text_stream(
+        self, pieces: queue.Queue, reply, cancel: threading.Event, tools: list[dict] | None, sampling: dict
+    ) -> TextStream:
+        """The TextStream of one answer whose text arrives in `pieces` (then None) and whose finished Reply
+        `reply()` returns once generation ended."""
+
+        def finish(text: str) -> Reply:
+            finished = reply()
             if cancel.is_set():
-                reply.finish_reason = "cancelled"
-            return reply
+                finished.finish_reason = "cancelled"
+            return finished
 
         # Stops that are special tokens never show in the decoded text; only the others need watching for.
-        visible_stops = [s for s in stops if s not in self.tokenizer.all_special_tokens]
-        return TextStream(streamer, finish, visible_stops, hold_all=bool(tools))
+        visible = [s for s in self._settings(sampling)[0] if s not in self.tokenizer.all_special_tokens]
+        return TextStream(iter(pieces.get, None), finish, visible, hold_all=bool(tools))
 
     # ---------------------------------------------------------------- internals
 
@@ -272,9 +330,6 @@ class ChatEngine:
 
     def _finish_ids(self, new_ids, stops, tools, max_new_tokens: int, prompt_tokens: int) -> Reply:
         text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
-        return self._finish_text(text, new_ids, stops, tools, max_new_tokens, prompt_tokens)
-
-    def _finish_text(self, text: str, new_ids, stops, tools, max_new_tokens: int, prompt_tokens: int) -> Reply:
         pad = self.tokenizer.pad_token_id
         generated = len(new_ids) if pad is None else int((new_ids != pad).sum())  # batch rows end in padding
         stopped = any(stop in text for stop in stops) or generated < max_new_tokens

@@ -2,8 +2,9 @@
 
 `create_app(engine, ...)` returns a FastAPI app with GET /health, GET /v1/models, POST /v1/chat/completions and
 POST /v1/completions. Requests are checked field by field; anything malformed gets a 4xx with an OpenAI-style body
-`{"error": {"message", "type", "param", "code"}}`. Generation runs in worker threads, never on the event loop; at
-most `max_concurrency` run at once and `max_queue` more wait, beyond that a request gets 429. A streaming client
+`{"error": {"message", "type", "param", "code"}}`. Generation runs on the batching queue's thread (medgpt.batching),
+never on the event loop: concurrent requests, whole or streamed, are answered together in one `generate` of up to
+`max_batch_size` prompts. At most `max_queue` requests wait beyond those; more get 429. A streaming client
 that disconnects stops its generation after the current token. With a knowledge base, chat answers are grounded in
 its passages and the response carries them in an extra top-level field `sources` (the last chunk of a stream), which
 a plain OpenAI client ignores and `response.model_extra["sources"]` reads.
@@ -15,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from medgpt.batching import BatchingQueue
 from medgpt.engine import ChatEngine, PromptTooLong, Reply, with_sources
 from medgpt.formats import RowError, from_openai
 
@@ -178,13 +181,17 @@ def create_app(
     engine: ChatEngine,
     model_id: str,
     api_key: str | None = None,
-    max_concurrency: int = 1,
     max_queue: int = 16,
     default_max_tokens: int = 512,
+    max_batch_size: int = 8,
+    max_batch_wait: float = 0.02,
 ) -> FastAPI:
     app = FastAPI(title="MedicalGPT toolkit: OpenAI-compatible API")
     served = Served(engine, model_id, default_max_tokens)
-    slots = asyncio.Semaphore(max_concurrency)
+    app.state.batching = batching = BatchingQueue(engine, max_batch_size, max_batch_wait)
+    # Each stream in flight waits for its next piece on a thread of its own: asyncio's default pool (CPUs + 4
+    # threads) would hold back the streams past it, however many rows the batch has.
+    readers = ThreadPoolExecutor(max_batch_size + max_queue, thread_name_prefix="stream-reader")
     load = {"in_flight": 0}
 
     @app.exception_handler(APIError)
@@ -215,7 +222,7 @@ def create_app(
         return body
 
     def admit() -> "Admission":
-        if load["in_flight"] >= max_concurrency + max_queue:
+        if load["in_flight"] >= max_batch_size + max_queue:
             raise APIError(429, f"the server is busy ({load['in_flight']} requests in progress); retry later")
         return Admission(load)
 
@@ -231,14 +238,15 @@ def create_app(
         ident = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         if not body.get("stream"):
             try:
-                async with slots:
-                    reply = await asyncio.to_thread(served.engine.complete, prompt, tools, **sampling)
+                reply = await asyncio.wrap_future(batching.submit(prompt, tools, **sampling))
             finally:
                 admission.release()
             return JSONResponse(_whole(kind, ident, served.model_id, reply, passages))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return StreamingResponse(
-            _stream(kind, ident, served, prompt, tools, sampling, include_usage, slots, admission, passages),
+            _stream(
+                kind, ident, served, batching, readers, prompt, tools, sampling, include_usage, admission, passages
+            ),
             media_type="text/event-stream",
             # Also released here: a client gone before the first chunk never starts the generator above.
             background=BackgroundTask(admission.release),
@@ -297,11 +305,12 @@ async def _stream(
     kind: str,
     ident: str,
     served: Served,
+    batching: BatchingQueue,
+    readers: ThreadPoolExecutor,
     prompt: str,
     tools: list | None,
     sampling: dict,
     include_usage: bool,
-    slots: asyncio.Semaphore,
     admission: "Admission",
     passages: list | None = None,
 ) -> AsyncIterator[str]:
@@ -318,21 +327,21 @@ async def _stream(
         return _sse({**head, "choices": [choice], **extra})
 
     try:
-        async with slots:
-            stream = served.engine.complete_stream(prompt, tools, cancel=admission.cancel, **sampling)
-            pieces = iter(stream)
-            if kind == "chat":
-                yield chunk({"role": "assistant", "content": ""})
-            while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
-                yield chunk({"content": piece} if kind == "chat" else piece)
-            reply = stream.reply
-            if reply.tool_calls:
-                calls = [{"index": i, **call} for i, call in enumerate(_tool_calls(reply))]
-                yield chunk({"tool_calls": calls})
-            extra = {} if passages is None else {"sources": with_sources(reply, passages).sources}
-            yield chunk({} if kind == "chat" else "", _finish_reason(reply), **extra)
-            if include_usage:
-                yield _sse({**head, "choices": [], "usage": _usage(reply)})
-            yield _sse("[DONE]")
+        stream = batching.stream(prompt, tools, cancel=admission.cancel, **sampling)
+        pieces = iter(stream)
+        if kind == "chat":
+            yield chunk({"role": "assistant", "content": ""})
+        loop = asyncio.get_running_loop()
+        while (piece := await loop.run_in_executor(readers, next, pieces, None)) is not None:
+            yield chunk({"content": piece} if kind == "chat" else piece)
+        reply = stream.reply
+        if reply.tool_calls:
+            calls = [{"index": i, **call} for i, call in enumerate(_tool_calls(reply))]
+            yield chunk({"tool_calls": calls})
+        extra = {} if passages is None else {"sources": with_sources(reply, passages).sources}
+        yield chunk({} if kind == "chat" else "", _finish_reason(reply), **extra)
+        if include_usage:
+            yield _sse({**head, "choices": [], "usage": _usage(reply)})
+        yield _sse("[DONE]")
     finally:
         admission.release()  # a client that went away stops the generation after its current token

@@ -122,8 +122,8 @@ def test_the_trainer_internals_ppo_runs_on_are_pinned():
 
 
 def test_every_rollout_is_generated_with_the_kv_cache(eos_padded_policy, reward_dir, tmp_path, monkeypatch):
-    """With --gradient_checkpointing (the layers checkpoint in training mode, and a checkpointed layer drops the cache),
-    each rollout still runs the prompt once and then one new token per forward pass."""
+    """With --gradient_checkpointing (a layer checkpointed in training mode drops the KV cache), each rollout still
+    runs the prompt once and then one new token per forward pass."""
     write_jsonl(tmp_path / "prompts" / "train.jsonl", PROMPTS)
     calls, original = [], PPOTrainer.generate
 

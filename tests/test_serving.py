@@ -210,7 +210,8 @@ def test_bounded_load_then_still_healthy(url):
 
 
 def test_requests_beyond_the_queue_get_429(engine, tool_model):
-    with running(openai_api.build_app(server_args(tool_model, max_queue=0), engine, "model")) as base:
+    app = openai_api.build_app(server_args(tool_model, max_queue=0, max_batch_size=1), engine, "model")
+    with running(app) as base:
         long = {"messages": USER, "max_tokens": 300, "temperature": 1.0, "stop": []}
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             statuses = list(
@@ -223,7 +224,8 @@ def test_requests_beyond_the_queue_get_429(engine, tool_model):
 
 
 def test_a_dropped_streaming_client_frees_its_slot(engine, tool_model):
-    with running(openai_api.build_app(server_args(tool_model, max_queue=0), engine, "model")) as base:
+    app = openai_api.build_app(server_args(tool_model, max_queue=0, max_batch_size=1), engine, "model")
+    with running(app) as base:
         body = {"messages": USER, "max_tokens": 900, "temperature": 1.0, "stop": [], "stream": True}
         with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as response:
             first = next(response.iter_lines())
@@ -249,8 +251,8 @@ def test_server_flags_are_checked():
         engine_args.base_model == "m" and engine_args.name == "m" and server.port == 9 and server.host == "127.0.0.1"
     )
 
-    with pytest.raises(UserError, match="--max_concurrency 0"):
-        openai_api.ServerArguments(max_concurrency=0)
+    with pytest.raises(UserError, match="--max_batch_size 0"):
+        openai_api.ServerArguments(max_batch_size=0)
 
 
 CHROMEDRIVER = shutil.which("chromedriver")
