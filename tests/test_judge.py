@@ -133,6 +133,16 @@ def test_a_flaky_judge_rates_and_compares_every_answer_in_both_orders(tiny_model
         assert {p.index(f"GOOD answer {i}") < p.index("[Answer B]") for p in shown} == {True, False}
 
 
+def test_the_judge_can_be_asked_from_async_code(files):
+    import asyncio
+
+    async def from_a_notebook(url: str) -> list:
+        return judge.Judge(url, "stand-in", files["cache"], timeout=1.0, max_retries=12).referrals(["Q"], ["A"])
+
+    with flaky_endpoint(stand_in_judge) as url:
+        assert asyncio.run(from_a_notebook(url)) == ["now"]
+
+
 def test_a_judge_that_follows_the_position_gives_ties(tiny_model_dir, files):
     with flaky_endpoint(first_position_judge) as url:
         flags = {**FLAGS, "judge_base_url": url, "judge_model": "biased", "judge_cache": files["cache"]}

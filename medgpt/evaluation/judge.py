@@ -17,6 +17,7 @@ import json
 import os
 import re
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -228,7 +229,14 @@ class Judge:
         self.stats.cached += sum(reply is not None for reply in replies)
         todo = [i for i, reply in enumerate(replies) if reply is None]
         if todo:
-            asyncio.run(self._ask_endpoint(requests, todo, replies, what))
+            asking = self._ask_endpoint(requests, todo, replies, what)
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                asyncio.run(asking)
+            else:  # called from async code (a notebook): its loop is busy, so ask from a thread of our own
+                with ThreadPoolExecutor(1) as thread:
+                    thread.submit(asyncio.run, asking).result()
         return replies
 
     async def _ask_endpoint(self, requests: list, todo: list[int], replies: list, what: str) -> None:
