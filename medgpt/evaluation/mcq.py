@@ -114,7 +114,7 @@ def read_mcq(args: MultipleChoiceArguments, path: str, flag: str, skip_bad_rows:
             f"--mcq_subjects {args.mcq_subjects}: no such subject in --{flag} {path}; it holds "
             f"{', '.join(sorted(str(s) for s in seen)[:30])}."
         )
-    return read_sources(sources, "prompt", f"--{flag} {path}", skip_bad_rows, limit, check_mcq_row)
+    return read_sources(sources, "prompt", flag, path, skip_bad_rows, limit, check_mcq_row)
 
 
 def read(args: MultipleChoiceArguments, eval_args: Any) -> list[dict]:

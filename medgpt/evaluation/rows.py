@@ -40,25 +40,26 @@ def read_rows(
     else:
         raise UserError(f"--{flag} {path}: no such file or folder; point it at a .jsonl/.json file or a folder.")
     sources = [(str(file), data.file_rows(file)) for file in files]
-    return read_sources(sources, kind, f"--{flag} {path}", skip_bad_rows, limit, check)
+    return read_sources(sources, kind, flag, path, skip_bad_rows, limit, check)
 
 
 def read_sources(
     sources: list[tuple[str, Iterator[tuple[int, Any]]]],
     kind: data.Kind,
-    what: str,
+    flag: str,
+    path: str,
     skip_bad_rows: bool = False,
     limit: int | None = None,
     check: Callable[[Any], Any] | None = None,
 ) -> list[dict]:
-    """Normalized rows of (file name, (line, raw row)) sources; `what` names them in messages (the flag and path)."""
+    """Normalized rows of (file name, (line, raw row)) sources read from --`flag` `path` (named in messages)."""
     report = ReadReport()
     checked = [(name, _checked(rows, check)) for name, rows in sources]
     rows = list(data.read_rows(checked, kind, skip_bad_rows, True, report))  # every row is checked, even past limit
-    report.log(what.split(" ")[0])
+    report.log(f"--{flag}")
     if not rows:
-        raise UserError(f"{what}: no usable rows (every row was skipped); see the summary above.")
+        raise UserError(f"--{flag} {path}: no usable rows (every row was skipped); see the summary above.")
     if limit is not None and limit < len(rows):
-        logger.info("%s: using the first %d of %d rows (--max_samples)", what.split(" ")[0], limit, len(rows))
+        logger.info("--%s: using the first %d of %d rows (--max_samples)", flag, limit, len(rows))
         rows = rows[:limit]
     return rows
