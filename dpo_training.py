@@ -43,6 +43,19 @@ def log_reference_cache(trainer: DPOTrainer, started: float) -> None:
             )
 
 
+def drop_reference_copy_of_a_new_adapter(trainer: DPOTrainer, lora_args) -> None:
+    """Make the reference the base with the adapter switched off when the adapter is new.
+
+    TRL copies any adapter it is given into a frozen "ref" adapter, right for an adapter trained before
+    (--peft_path), but a new LoRA adapter starts as zero, so the copy computes exactly the base model, at the cost
+    of the adapter's matmuls and dropout on every reference forward. Without "ref", TRL switches the adapter off.
+    """
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not lora_args.peft_path and "ref" in getattr(model, "peft_config", {}):
+        model.delete_adapter("ref")
+        model.set_adapter("default")
+
+
 def main(argv: list[str] | None = None) -> DPOTrainer:
     model_args, lora_args, data_args, chat_args, pref_args, output_args, training_args = args.parse(
         ARG_TYPES, argv, DEFAULTS
@@ -66,6 +79,7 @@ def main(argv: list[str] | None = None) -> DPOTrainer:
         tokenizer,
         ref_model=None,  # LoRA: the adapter-disabled base; full fine-tuning: TRL keeps a frozen copy
     )
+    drop_reference_copy_of_a_new_adapter(trainer, lora_args)
     if training_args.precompute_ref_log_probs and trainer.is_world_process_zero():
         log_reference_cache(trainer, started)
     return saving.train_and_evaluate(trainer, template, chat_args.tool_format)

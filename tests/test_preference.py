@@ -563,6 +563,19 @@ def test_dpo_with_lora_keeps_no_reference_copy(tiny_model_dir, pair_dirs, tmp_pa
         ]
     )
     assert trainer.ref_model is None, "the reference is the same model with its adapter switched off"
+    # A new adapter is zero, so the base (adapter off) is the reference: no frozen copy of the adapter is kept.
+    assert list(trainer.model.peft_config) == ["default"]
+    assert not any(".ref." in name for name, _ in trainer.model.named_parameters())
+
+    # An adapter trained before (--peft_path) is the reference itself: TRL's frozen copy of it stays.
+    again = dpo_training.main(
+        [
+            *["--model_name_or_path", str(tiny_model_dir), "--train_file_dir", str(pair_dirs[0])],
+            *["--validation_split_percentage", "0", "--template_name", "chatml", "--max_steps", "1", *FAST],
+            *["--peft_path", str(tmp_path / "out"), "--output_dir", str(tmp_path / "again")],
+        ]
+    )
+    assert sorted(again.model.peft_config) == ["default", "ref"]
 
 
 def test_reward_model_batches_work_without_a_native_pad_token(pair_dirs, tmp_path):
