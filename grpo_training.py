@@ -18,11 +18,11 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOConfig
 
 from medgpt import args, model, prompts, saving
 from medgpt.errors import UserError, run_cli
-from medgpt.generation import sampling_exactly_as_given
+from medgpt.grpo import OnPolicyGRPOTrainer
 from medgpt.rewards import RewardArguments, RewardSettings, build_reward_funcs
 
 logger = logging.getLogger(__name__)
@@ -101,15 +101,6 @@ class GRPOFlags(GRPOConfig):
             super().__post_init__()
         except ValueError as err:
             raise UserError(f"invalid GRPO arguments: {err}") from None
-
-
-class OnPolicyGRPOTrainer(GRPOTrainer):
-    """TRL's GRPOTrainer, with rollouts sampled from exactly the settings TRL passes: nothing from the checkpoint's
-    generation_config.json (a repetition penalty, top-k, an n-gram ban) reshapes the distribution."""
-
-    def _generate_single_turn(self, *args, **kwargs):
-        with sampling_exactly_as_given(self.accelerator.unwrap_model(self.model)):
-            return super()._generate_single_turn(*args, **kwargs)
 
 
 ARG_TYPES = (*args.CHAT_STAGE_ARGUMENTS, GRPOArguments, args.OutputArguments, GRPOFlags)

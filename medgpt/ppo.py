@@ -11,6 +11,9 @@ TensorBoard logging and `trainer_state.json` are the Trainer's own. One step of 
   4. update: `num_ppo_epochs` passes over `num_mini_batches` shuffled minibatches with the clipped policy and value
      losses; each minibatch is one optimizer step over `gradient_accumulation_steps` micro-batches.
 
+Every step also logs the wall-clock seconds of its phases (`time/generate`, `time/score`, `time/rollout_forward`,
+`time/update`; advantages are the small rest) and of the whole step (`time/step`), as medgpt.timing measures them.
+
 Left out on purpose: reward clipping and value-head warm-up (not used by the common recipes), and generation with
 vLLM (rollouts use `generate` with the KV cache).
 """
@@ -35,6 +38,7 @@ from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, sel
 from medgpt import ppo_math
 from medgpt.errors import UserError
 from medgpt.generation import cut_at_stop, generation_kwargs, sampling_exactly_as_given, stop_tokens
+from medgpt.timing import clock, timed
 
 logger = logging.getLogger(__name__)
 VALUE_MODEL_DIR = "value_model"
@@ -334,20 +338,23 @@ class PPOTrainer(Trainer):
     # ---------------------------------------------------------------- one PPO step
 
     def ppo_step(self, model, batch: dict) -> dict[str, float]:
-        """One rollout batch: generate, score, advantages, update. Returns the step's metrics (TRL's names)."""
-        ppo = self.ppo_args
+        """One rollout batch: generate, score, advantages, update. Returns the step's metrics (TRL's names) and the
+        seconds of its phases (time/...)."""
+        ppo, device = self.ppo_args, self.args.device
+        seconds: dict[str, float] = {}
+        started = clock(device)
         # 1. generate
-        started = time.time()
-        queries, query_mask, responses = self.generate(model, batch)
-        mask, ended = ppo_math.response_mask(responses, self.stop_ids, self.processing_class.pad_token_id)
-        generation_seconds = time.time() - started
+        with timed(seconds, "generate", device):
+            queries, query_mask, responses = self.generate(model, batch)
+            mask, ended = ppo_math.response_mask(responses, self.stop_ids, self.processing_class.pad_token_id)
         # 2. score, and the log-probs and values of the rollout
-        texts, ended_by_string = self.answers(responses, mask)
-        ended |= ended_by_string.to(ended.device)
-        scores = torch.tensor(self.scorer(batch["prompt"], texts, batch["tools"]), device=responses.device)
-        if ppo.missing_eos_penalty is not None:
-            scores = scores - ppo.missing_eos_penalty * (~ended).float()
-        with torch.no_grad():
+        with timed(seconds, "score", device):
+            texts, ended_by_string = self.answers(responses, mask)
+            ended |= ended_by_string.to(ended.device)
+            scores = torch.tensor(self.scorer(batch["prompt"], texts, batch["tools"]), device=responses.device)
+            if ppo.missing_eos_penalty is not None:
+                scores = scores - ppo.missing_eos_penalty * (~ended).float()
+        with torch.no_grad(), timed(seconds, "rollout_forward", device):
             logprobs, values, ref_logprobs, entropy = self.rollout_forward(model, queries, query_mask, responses)
         # 3. advantages
         kl = ppo_math.kl_estimate(logprobs, ref_logprobs, ppo.kl_estimator) * mask
@@ -367,7 +374,8 @@ class PPOTrainer(Trainer):
             "advantages": advantages,
             "returns": returns,
         }
-        update_stats = self.update(model, rollout)
+        with timed(seconds, "update", device):
+            update_stats = self.update(model, rollout)
 
         mean_kl = kl.sum(1).mean()
         non_score = (-self.kl_ctl.value * kl).sum(1).mean()
@@ -380,7 +388,7 @@ class PPOTrainer(Trainer):
             "val/num_eos_tokens": ended.float().sum(),
             "val/response_length": mask.sum(1).float().mean(),
             "policy/entropy_avg": ppo_math.masked_mean(entropy, mask),
-            "rollout/tokens_per_second": mask.sum() / max(generation_seconds, 1e-6),
+            "rollout/tokens_per_second": mask.sum() / max(seconds["generate"], 1e-6),
             **update_stats,
         }
         averaged = self.accelerator.reduce(torch.stack([v.float() for v in stats.values()]), reduction="mean")
@@ -388,6 +396,8 @@ class PPOTrainer(Trainer):
         metrics["objective/kl_coef"] = self.kl_ctl.value
         metrics["episode"] = (self.state.global_step + 1) * self.rollout_size * self.args.world_size
         self.kl_ctl.update(metrics["objective/kl"], self.rollout_size * self.args.world_size)
+        metrics.update({f"time/{phase}": value for phase, value in seconds.items()})  # this process's own
+        metrics["time/step"] = clock(device) - started
         return metrics
 
     def generate(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

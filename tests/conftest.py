@@ -116,6 +116,19 @@ def record_sampling(monkeypatch) -> list:
     return calls
 
 
+def assert_phase_seconds(output_dir: Path, steps: int) -> list[dict]:
+    """Every step in the run's trainer_state.json logs the seconds of its RL phases (medgpt.timing): none negative,
+    together no more than the step's own. Returns those log entries."""
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    logged = [entry for entry in history if "time/step" in entry]
+    assert len(logged) == steps, history
+    for entry in logged:
+        phases = [entry[f"time/{phase}"] for phase in ("generate", "score", "rollout_forward", "update")]
+        assert min(phases) >= 0 and entry["time/generate"] > 0 and entry["time/update"] > 0, entry
+        assert sum(phases) <= entry["time/step"], entry
+    return logged
+
+
 @pytest.fixture(scope="session")
 def reference_data() -> Path:
     if not REFERENCE_DATA.is_dir():

@@ -3,7 +3,7 @@ from, whatever the checkpoint's generation_config says; sampling settings that w
 
 import pytest
 import torch
-from conftest import record_sampling, write_jsonl
+from conftest import assert_phase_seconds, record_sampling, write_jsonl
 from trl import GRPOTrainer
 
 import grpo_training
@@ -70,7 +70,8 @@ def test_off_policy_sampling_is_refused(eos_padded_policy, tmp_path, flags, name
 
 
 def test_every_rollout_is_generated_with_the_kv_cache(eos_padded_policy, tmp_path, monkeypatch):
-    """With --gradient_checkpointing, generate still runs the prompt once and then one new token per forward pass."""
+    """With --gradient_checkpointing, generate still runs the prompt once and then one new token per forward pass.
+    The same run logs each step's phase seconds (--beta > 0: a reference forward to time too)."""
     from transformers import GenerationMixin
 
     write_jsonl(tmp_path / "qa" / "train.jsonl", [{"question": q, "answer": "rest and fluids"} for q in QUESTIONS])
@@ -86,8 +87,10 @@ def test_every_rollout_is_generated_with_the_kv_cache(eos_padded_policy, tmp_pat
             calls.append(lengths)
 
     monkeypatch.setattr(GenerationMixin, "generate", generate)
-    extra = ("--gradient_checkpointing", "True", "--max_steps", "2", "--bf16", "False")
+    extra = ("--gradient_checkpointing", "True", "--max_steps", "2", "--bf16", "False", "--beta", "0.04")
     grpo_training.main(grpo_argv(eos_padded_policy, tmp_path / "qa", tmp_path / "out", *extra))
     assert len(calls) >= 2
     for lengths in calls:
         assert len(lengths) > 1 and set(lengths[1:]) == {1}, f"a forward pass over the whole sequence ({lengths})"
+    logged = assert_phase_seconds(tmp_path / "out", steps=2)
+    assert all(entry["time/rollout_forward"] > 0 for entry in logged)

@@ -4,7 +4,7 @@ PPO starts from when it continues an adapter (--peft_path)."""
 
 import pytest
 import torch
-from conftest import record_sampling, write_jsonl
+from conftest import assert_phase_seconds, record_sampling, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 import ppo_training
@@ -123,7 +123,7 @@ def test_the_trainer_internals_ppo_runs_on_are_pinned():
 
 def test_every_rollout_is_generated_with_the_kv_cache(eos_padded_policy, reward_dir, tmp_path, monkeypatch):
     """With --gradient_checkpointing (a layer checkpointed in training mode drops the KV cache), each rollout still
-    runs the prompt once and then one new token per forward pass."""
+    runs the prompt once and then one new token per forward pass. The same run logs each step's phase seconds."""
     write_jsonl(tmp_path / "prompts" / "train.jsonl", PROMPTS)
     calls, original = [], PPOTrainer.generate
 
@@ -145,3 +145,5 @@ def test_every_rollout_is_generated_with_the_kv_cache(eos_padded_policy, reward_
     for prompt_length, lengths in calls:
         assert lengths[0] == prompt_length and len(lengths) > 1
         assert set(lengths[1:]) == {1}, f"a forward pass over the whole sequence: no KV cache ({lengths})"
+    logged = assert_phase_seconds(tmp_path / "out", steps=3)
+    assert all(entry["time/rollout_forward"] > 0 for entry in logged)
