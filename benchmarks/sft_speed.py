@@ -1,11 +1,17 @@
 """SFT speed and memory, side by side: the real SFT path under named configurations (padded or packed rows,
-gradient checkpointing on or off, the model's own loss or the chunked one), optionally against MedicalGPT's own
-`training/supervised_finetuning.py` on the same rows. Prints a table and writes JSON; asserts nothing.
+gradient checkpointing on or off, the model's own loss or the chunked one), and the peers a user would pick
+instead on the same rows, model and settings: MedicalGPT's own `training/supervised_finetuning.py`, TRL's
+SFTTrainer on its recommended path (benchmarks/trl_sft.py) and LLaMA-Factory. Prints a table and ratios, writes
+JSON; asserts nothing.
 
-Each configuration runs as its own process, one after the other, so the figures compare within one run on one
-machine. Peak memory is the peak resident set (RSS) of that process on CPU, allocated CUDA memory on a GPU.
+Each measurement is its own process. With --repeats N the sides run in rotation (every side once, then again), so
+slow spells of a noisy machine fall on all sides alike; the table shows medians. Peak memory is the peak resident
+set (RSS) of the training process on CPU. Peers run in environments of their own (benchmarks/peers.py, created on
+first use: LLaMA-Factory's takes a few minutes to install).
 
     python benchmarks/sft_speed.py --model models/SmolLM2-135M-Instruct --rows 32
+    python benchmarks/sft_speed.py --configs "packed+chunked (default)" --peers medicalgpt,trl,llamafactory \
+        --medicalgpt ../MedicalGPT --repeats 3          # the README's table
     python benchmarks/sft_speed.py --medicalgpt ../MedicalGPT --configs all    # every configuration, ratios
 """
 
@@ -16,7 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import peers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +45,9 @@ CONFIGS = {
         {},
     ),
     "packed+chunked, no checkpointing": (["--packing", "True", "--gradient_checkpointing", "False"], {}),
+    # LoRA dropout draws a random mask per input element of every adapted layer (twice under checkpointing: the
+    # recompute draws it again); benchmarks/sft_profile.py puts it at a fifth of a CPU step.
+    "packed+chunked, LoRA dropout 0": ([*PACKED, "--lora_dropout", "0"], {}),
 }
 
 
@@ -79,11 +91,22 @@ def main() -> None:
         choices=[*CONFIGS, "all"],
         help="Configurations to run (default: three, about 5 minutes on 2 cores; 'all' runs every one).",
     )
-    parser.add_argument("--medicalgpt", help="A MedicalGPT checkout: also run its training/supervised_finetuning.py")
+    parser.add_argument(
+        "--peers",
+        default="",
+        help=f"Comma-separated peers to run beside ours: {', '.join(PEERS)} (medicalgpt needs --medicalgpt).",
+    )
+    parser.add_argument("--medicalgpt", help="A MedicalGPT checkout (runs its training/supervised_finetuning.py)")
+    parser.add_argument("--repeats", type=int, default=1, help="Rounds of every side, run in rotation")
+    parser.add_argument("--peers_dir", default=str(peers.PEERS_DIR), help="Where the peers' environments live")
     parser.add_argument("--json", default="outputs/benchmarks/sft_speed.json")
     options = parser.parse_args()
     if "all" in options.configs:
         options.configs = list(CONFIGS)
+    chosen = [name for name in options.peers.split(",") if name] or (["medicalgpt"] if options.medicalgpt else [])
+    unknown = [name for name in chosen if name not in PEERS]
+    if unknown or ("medicalgpt" in chosen and not options.medicalgpt):
+        parser.error(f"--peers {options.peers}: choose from {', '.join(PEERS)}; medicalgpt also needs --medicalgpt")
 
     work = Path(tempfile.mkdtemp(prefix="sft-bench-"))
     lines = Path(options.data).read_text(encoding="utf-8").splitlines()[: options.rows]
@@ -93,46 +116,141 @@ def main() -> None:
     env.pop("MEDGPT_ALLOCATOR", None)
     env["HF_DATASETS_CACHE"] = str(work / "cache")
     tokens = supervised_tokens(options.model, work / "data", options.length)
-    common = ["--model_name_or_path", str(Path(options.model).resolve()), "--train_file_dir", str(work / "data")]
-    common += ["--template_name", "chatml", "--model_max_length", str(options.length), "--num_train_epochs", "1"]
-    common += ["--per_device_train_batch_size", str(options.batch), "--learning_rate", "2e-5", "--use_peft", "True"]
-    common += ["--target_modules", "all", "--lora_rank", "8", "--lora_alpha", "16", "--torch_dtype", "float32"]
-    common += ["--validation_split_percentage", "0", "--save_strategy", "no", "--report_to", "none"]
-    common += ["--logging_steps", "1000", "--disable_tqdm", "True", "--seed", "42"]
+    setup = Setup(str(Path(options.model).resolve()), work, options.batch, options.length, options.medicalgpt)
 
-    results = []
-    for name in options.configs:
-        out = work / "".join(c if c.isalnum() else "_" for c in name)
-        flags, extra_env = CONFIGS[name]
-        command = [sys.executable, "supervised_finetuning.py", *common, *flags, "--output_dir", str(out)]
-        wall, peak, code = run(command, ROOT, {**env, **extra_env}, work / f"{out.name}.log")
-        results.append(measure(name, out, wall, peak, code, tokens))
-        print(row(results[-1]), flush=True)
-    if options.medicalgpt:
-        checkout = Path(options.medicalgpt).resolve()
-        out = work / "medicalgpt"
-        command = [sys.executable, "training/supervised_finetuning.py", *common, "--output_dir", str(out)]
-        # Its split of 0% fails; an explicit validation folder (never evaluated) keeps all rows for training.
-        command[
-            command.index("--validation_split_percentage") : command.index("--validation_split_percentage") + 2
-        ] = [
-            "--validation_file_dir",
-            str(work / "data"),
-        ]
-        command += ["--gradient_checkpointing", "True", "--do_train"]  # as its run_sft.sh sets them
-        wall, peak, code = run(command, checkout, env, work / "medicalgpt.log")
-        results.append(measure("MedicalGPT", out, wall, peak, code, tokens))
-        print(row(results[-1]), flush=True)
-        reference = results[-1]
-        for result in results[:-1]:
-            if result["ok"] and reference["ok"]:
-                result["speedup_vs_medicalgpt"] = reference["train_seconds"] / result["train_seconds"]
-                result["memory_vs_medicalgpt"] = result["peak_rss_gb"] / reference["peak_rss_gb"]
+    sides = {f"ours: {name}": (ROOT, *ours(setup, name)) for name in options.configs}
+    for peer in chosen:
+        python = peers.python(peer, Path(options.peers_dir))
+        for name, (folder, command, extra_env) in PEERS[peer](setup, python).items():
+            sides[name] = (folder, command, extra_env)
+    runs: dict[str, list[dict]] = {name: [] for name in sides}
+    for round_ in range(options.repeats):
+        for name, (folder, command, extra_env) in sides.items():
+            out = work / f"{''.join(c if c.isalnum() else '_' for c in name)}-{round_}"
+            full = [*command, *output_flags(command, out)]
+            wall, peak, code = run(full, folder, {**env, **extra_env}, work / f"{out.name}.log")
+            runs[name].append(measure(name, out, wall, peak, code, tokens))
+            print(row(runs[name][-1]), flush=True)
+    results = [median_of(name, measured) for name, measured in runs.items()]
     print()
-    print(table(results, tokens))
+    print(table(results, tokens, options.repeats))
+    print()
+    print(ratios(results))
+    environments = {peer: peers.freeze(peer, Path(options.peers_dir)) for peer in ["ours", *chosen]}
     Path(options.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(options.json).write_text(json.dumps({"supervised_tokens": tokens, "results": results}, indent=2) + "\n")
+    report = {"supervised_tokens": tokens, "results": results, "runs": runs, "environments": environments}
+    Path(options.json).write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nJSON: {options.json}")
+
+
+@dataclass
+class Setup:
+    """What every side shares: the model, the rows (in work/data/train.jsonl), batch size and length."""
+
+    model: str
+    work: Path
+    batch: int
+    length: int
+    medicalgpt: str | None
+
+
+def common_flags(setup: Setup) -> list[str]:
+    """The flags our script and MedicalGPT's share (MedicalGPT's names are ours)."""
+    return [
+        *["--model_name_or_path", setup.model, "--train_file_dir", str(setup.work / "data")],
+        *["--template_name", "chatml", "--model_max_length", str(setup.length), "--num_train_epochs", "1"],
+        *["--per_device_train_batch_size", str(setup.batch), "--learning_rate", "2e-5", "--use_peft", "True"],
+        *["--target_modules", "all", "--lora_rank", "8", "--lora_alpha", "16", "--torch_dtype", "float32"],
+        *["--save_strategy", "no", "--report_to", "none", "--logging_steps", "1000", "--disable_tqdm", "True"],
+        *["--seed", "42"],
+    ]
+
+
+def ours(setup: Setup, name: str) -> tuple[list[str], dict]:
+    flags, extra_env = CONFIGS[name]
+    command = [sys.executable, "supervised_finetuning.py", *common_flags(setup), *flags]
+    return [*command, "--validation_split_percentage", "0"], extra_env
+
+
+def output_flags(command: list[str], out: Path) -> list[str]:
+    """Where a side writes: LLaMA-Factory reads it from its YAML file (written per run), the others take a flag."""
+    if command[-1].endswith(".yaml"):
+        config = Path(command[-1])
+        config.write_text(config.read_text().split("output_dir:")[0] + f"output_dir: {out}\n")
+        return []
+    return ["--output_dir", str(out)]
+
+
+def medicalgpt_sides(setup: Setup, python: str) -> dict:
+    """MedicalGPT's SFT script with the flags its run_sft.sh sets (gradient checkpointing, --do_train)."""
+    # Its split of 0% fails; an explicit validation folder (never evaluated) keeps all rows for training.
+    flags = [*common_flags(setup), "--validation_file_dir", str(setup.work / "data")]
+    command = [python, "training/supervised_finetuning.py", *flags, "--gradient_checkpointing", "True", "--do_train"]
+    return {"MedicalGPT": (Path(setup.medicalgpt).resolve(), command, {})}
+
+
+def trl_sides(setup: Setup, python: str) -> dict:
+    """TRL's SFTTrainer: packing (best-fit decreasing, padding-free), completion-only loss, its default loss."""
+    command = [python, str(ROOT / "benchmarks" / "trl_sft.py"), "--model", setup.model]
+    command += ["--data", str(setup.work / "data" / "train.jsonl"), "--batch", str(setup.batch)]
+    command += ["--max_length", str(setup.length)]
+    return {"TRL (packing, padding-free)": (ROOT, command, {})}
+
+
+def llamafactory_sides(setup: Setup, python: str) -> dict:
+    """LLaMA-Factory's `llamafactory-cli train` on a YAML file, as its examples/train_lora/*_sft.yaml set it
+    (gradient checkpointing is on by default there), without and with its contamination-free packing."""
+    rows = setup.work / "data" / "train.jsonl"
+    data = setup.work / "llamafactory-data"  # apart from our training folder, which reads every file in it
+    data.mkdir(exist_ok=True)
+    columns = {"messages": "conversations"}
+    info = {"medical": {"file_name": str(rows), "formatting": "sharegpt", "columns": columns}}
+    (data / "dataset_info.json").write_text(json.dumps(info))
+    settings = {
+        **{"model_name_or_path": setup.model, "stage": "sft", "do_train": True, "finetuning_type": "lora"},
+        **{"lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.05, "lora_target": "all", "template": "chatml"},
+        **{"dataset": "medical", "dataset_dir": str(data), "cutoff_len": setup.length, "overwrite_cache": True},
+        **{"per_device_train_batch_size": setup.batch, "learning_rate": 2e-5, "num_train_epochs": 1.0},
+        **{"bf16": False, "save_strategy": "no", "report_to": "none", "logging_steps": 1000, "seed": 42},
+        **{"disable_tqdm": True, "plot_loss": False},
+    }
+    cli = str(Path(python).parent / "llamafactory-cli")
+    sides = {}
+    for name, extra in [("LLaMA-Factory", {}), ("LLaMA-Factory (neat_packing)", {"neat_packing": True})]:
+        config = setup.work / f"llamafactory{len(sides)}.yaml"
+        config.write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in {**settings, **extra}.items()))
+        sides[name] = (ROOT, [cli, "train", str(config)], {"HF_DATASETS_CACHE": str(setup.work / f"lf{len(sides)}")})
+    return sides
+
+
+PEERS = {"medicalgpt": medicalgpt_sides, "trl": trl_sides, "llamafactory": llamafactory_sides}
+
+
+def median_of(name: str, measured: list[dict]) -> dict:
+    """The run with the median train time (the lower middle one for an even count) of every repeat."""
+    done = sorted((r for r in measured if r["ok"]), key=lambda r: r["train_seconds"])
+    chosen = done[(len(done) - 1) // 2] if done else measured[-1]
+    return {
+        **chosen,
+        "config": name,
+        "runs": len(measured),
+        "train_seconds_all": [r["train_seconds"] for r in measured],
+    }
+
+
+def ratios(results: list[dict]) -> str:
+    """Each of our configurations against each peer: how many times faster (train time), and peak RSS as a share."""
+    ours_ = [r for r in results if r["config"].startswith("ours: ") and r["ok"]]
+    others = [r for r in results if not r["config"].startswith("ours: ") and r["ok"]]
+    if not ours_ or not others:
+        return "(no peer ran: no ratios)"
+    lines = [f"{'ours':<44} {'vs':<42} {'speed x':>8} {'memory x':>9}"]
+    for mine in ours_:
+        for other in others:
+            speed = other["train_seconds"] / mine["train_seconds"]
+            memory = mine["peak_rss_gb"] / other["peak_rss_gb"]
+            lines.append(f"{mine['config'][6:]:<44} {other['config']:<42} {speed:8.2f} {memory:9.2f}")
+    return "\n".join(lines)
 
 
 def measure(name: str, out: Path, wall: float, peak: float, code: int, tokens: int) -> dict:
@@ -164,15 +282,13 @@ def row(result: dict) -> str:
     )
 
 
-def table(results: list[dict], tokens: int) -> str:
-    lines = [f"{tokens} supervised tokens per epoch", f"{'configuration':<44} {'train s':>8} {'s/step':>7} "
-             f"{'sup tok/s':>10} {'peak GB':>8} {'speed x':>8} {'memory x':>9}"]  # fmt: skip
+def table(results: list[dict], tokens: int, repeats: int) -> str:
+    lines = [f"{tokens} supervised tokens per epoch (our count); medians of {repeats} run(s) per side"]
+    lines.append(f"{'side':<48} {'train s':>8} {'s/step':>7} {'steps':>5} {'sup tok/s':>10} {'peak GB':>8}")
     for r in results:
-        speed = f"{r['speedup_vs_medicalgpt']:.2f}" if "speedup_vs_medicalgpt" in r else "-"
-        memory = f"{r['memory_vs_medicalgpt']:.2f}" if "memory_vs_medicalgpt" in r else "-"
         lines.append(
-            f"{r['config']:<44} {r['train_seconds']:8.1f} {r['seconds_per_step']:7.2f} "
-            f"{r['supervised_tokens_per_second']:10.1f} {r['peak_rss_gb']:8.2f} {speed:>8} {memory:>9}"
+            f"{r['config']:<48} {r['train_seconds']:8.1f} {r['seconds_per_step']:7.2f} {r['steps']:5d} "
+            f"{r['supervised_tokens_per_second']:10.1f} {r['peak_rss_gb']:8.2f}{'' if r['ok'] else '  FAILED'}"
         )
     return "\n".join(lines)
 

@@ -68,7 +68,7 @@ def test_the_cycle_finder_finds_one():
 def _python_sources():
     """Every .py file outside tests and the venv, and the code cells of the notebooks, as (name, source)."""
     for path in ROOT.glob("**/*.py"):
-        if not {".venv", "tests", "build"} & set(path.relative_to(ROOT).parts):
+        if not {".venv", "tests", "build", "outputs"} & set(path.relative_to(ROOT).parts):  # outputs: runs, peers
             yield str(path.relative_to(ROOT)), path.read_text(encoding="utf-8")
     for path in ROOT.glob("notebooks/*.ipynb"):
         cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
