@@ -170,7 +170,7 @@ class ChatArguments:
 @dataclass
 class LossArguments:
     loss_chunk_size: int = field(
-        default=1024,
+        default=256,  # 1024 kept 0.5 GB more at the peak of a SmolLM2 SFT step on the CPU, at the same speed
         metadata={
             "help": "Token loss on labelled positions only, this many at a time, so full logits never exist "
             "(0 = the model's own loss; --use_liger_kernel on CUDA uses Liger's fused kernel instead)."

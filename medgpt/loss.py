@@ -27,7 +27,7 @@ def chunked_cross_entropy(
     labels: torch.Tensor,
     head: torch.nn.Module,
     num_items_in_batch: torch.Tensor | int | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
 ) -> torch.Tensor:
     """Next-token cross-entropy of hidden states [B, T, H] against labels [B, T] (IGNORE_INDEX = no label), as
     transformers computes it: position t predicts label t+1; the sum over labelled positions divided by
