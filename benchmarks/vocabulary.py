@@ -1,9 +1,10 @@
 """Domain vocabulary on a real model: tokens per character before and after the merge, the step-0 loss of the grown
-model (old text; new-token text with mean and with random rows), and the peak memory of the two ways to train the
-new rows. Prints figures; asserts nothing.
+model (old text; new-token text with mean and with random rows), the peak memory of the two ways to train the
+new rows, and the held-out Chinese loss before and after continued pre-training of the new rows (then merged with
+--resize_emb). Prints figures; asserts nothing.
 
     python tools/prepare_model.py --output_dir models/SmolLM2-135M-Instruct --dtype float32
-    python benchmarks/vocabulary.py --model models/SmolLM2-135M-Instruct --steps 4
+    python benchmarks/vocabulary.py --model models/SmolLM2-135M-Instruct --steps 4 --pt_epochs 2
 
 Domain text: the project's pre-training notes (data/pretrain); held out: the Chinese and the English paragraphs of
 data/eval/pretrain. Each training option runs pretraining.py in its own process; its peak RSS is read from wait4.
@@ -11,6 +12,7 @@ data/eval/pretrain. Each training option runs pretraining.py in its own process;
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -27,10 +29,22 @@ ROOT = Path(__file__).resolve().parents[1]
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
-def loss(model, tokenizer, text: str) -> float:
-    ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)[:1024]])
+def nats(model, tokenizer, text: str) -> tuple[float, int]:
+    """Summed loss over the whole text (windows of 1024 tokens) and the number of tokens predicted."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    total, count = 0.0, 0
     with torch.no_grad():
-        return model(ids, labels=ids).loss.item()
+        for start in range(0, len(ids) - 1, 1024):
+            window = torch.tensor([ids[start : start + 1024]])
+            if window.shape[1] > 1:
+                total += model(window, labels=window).loss.item() * (window.shape[1] - 1)
+                count += window.shape[1] - 1
+    return total, count
+
+
+def loss(model, tokenizer, text: str) -> float:
+    total, count = nats(model, tokenizer, text)
+    return total / count
 
 
 def peak_rss_mib(argv: list[str]) -> float:
@@ -41,11 +55,20 @@ def peak_rss_mib(argv: list[str]) -> float:
     return usage.ru_maxrss / 1024
 
 
+def heldout(model_dir, tokenizer, text: str) -> str:
+    """Loss per token and bits per character (comparable across tokenizers) of `text` under a saved model."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    vocabulary.grow_embeddings(model, tokenizer)  # a no-op for a merged model and for the base tokenizer
+    total, count = nats(model, tokenizer, text)
+    return f"{total / count:.3f} nats/token, {total / len(text) / math.log(2):.3f} bits/char"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--vocab_size", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--pt_epochs", type=float, default=2, help="Continued pre-training for the held-out loss.")
     options = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vocab-bench-"))
     py = sys.executable
@@ -92,6 +115,22 @@ def main() -> None:
         figures[name] = peak_rss_mib([*common, *flags, "--output_dir", str(work / name.split()[0].strip("-"))])
         print(f"peak RSS with {name}: {figures[name]:.0f} MiB ({options.steps} steps, block 256, batch 2)")
     print(json.dumps(figures))
+    if options.pt_epochs:
+        adapter, grown = work / "pt-new-rows", work / "pt-new-rows-merged"
+        steps = [i for i, flag in enumerate(common) if flag == "--max_steps"][0]
+        pt = [*common[:steps], *common[steps + 2 :], "--num_train_epochs", str(options.pt_epochs)]
+        subprocess.run(
+            [*pt, "--train_new_token_rows", "True", "--learning_rate", "2e-4", "--output_dir", str(adapter)],
+            check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        subprocess.run(
+            [py, "merge_peft_adapter.py", "--base_model", options.model, "--lora_model", str(adapter),
+             "--output_dir", str(grown), "--resize_emb"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        print(f"held-out Chinese, base model and tokenizer: {heldout(options.model, base_tok, chinese)}")
+        print(f"held-out Chinese, grown model at step 0: {heldout(options.model, merged, chinese)}")
+        print(f"held-out Chinese, after {options.pt_epochs:g} epochs of new-row PT, merged: "
+              f"{heldout(grown, merged, chinese)}")  # fmt: skip
 
 
 if __name__ == "__main__":

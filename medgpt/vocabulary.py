@@ -1,5 +1,6 @@
-"""Domain vocabulary: train a SentencePiece model on domain text, add its pieces (and a word list) to a byte-level BPE
-tokenizer as real BPE tokens, and give the grown embedding rows a starting point that keeps old text unchanged.
+"""Domain vocabulary: train a SentencePiece model on domain text, add its pieces (and a word list) to a BPE tokenizer
+(byte-level, or SentencePiece-style with byte fallback) as real BPE tokens, and give the grown embedding rows a
+starting point that keeps old text unchanged.
 
 The merged tokenizer records, in its tokenizer_config.json under EXTENSION_KEY, how the base tokenizer split each new
 token (`{"base_size": N, "tokens": {id: [base ids]}}`); the record travels with every saved tokenizer, and
@@ -8,6 +9,7 @@ token (`{"base_size": N, "tokens": {id: [base ids]}}`); the record travels with 
 
 import json
 import logging
+import re
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,6 +26,8 @@ EXTENSION_KEY = "extended_vocabulary"
 CONFIG_MARK = "extended_vocabulary_initialised"
 # Embedding matrices are resized to a multiple of this (tensor cores and most kernels like multiples of 64).
 ROW_MULTIPLE = 64
+# How a BPE model with byte fallback spells one byte of a character it has no token for.
+BYTE_FALLBACK = re.compile(r"<0x[0-9A-F]{2}>")
 
 
 def train_domain_model(
@@ -102,13 +106,75 @@ def read_word_file(path: str, flag: str, special_tokens: Iterable[str]) -> list[
     return words
 
 
-def _byte_level(state: dict) -> bool:
-    def has(node) -> bool:
-        if isinstance(node, dict):
-            return node.get("type") == "ByteLevel" or any(has(v) for v in node.values())
-        return isinstance(node, list) and any(has(v) for v in node)
+def _mentions(node, kind: str) -> bool:
+    """Whether a tokenizer.json component (or any part of a Sequence) is of type `kind`."""
+    if isinstance(node, dict):
+        return node.get("type") == kind or any(_mentions(v, kind) for v in node.values())
+    return isinstance(node, list) and any(_mentions(v, kind) for v in node)
 
-    return state["model"]["type"] == "BPE" and has(state.get("pre_tokenizer"))
+
+def tokenizer_kind(state: dict) -> str | None:
+    """ "byte_level" (BPE over bytes: Qwen, Llama-3, SmolLM, GPT-2), "metaspace" (BPE over characters with "▁" for
+    spaces and byte fallback: tokenizers converted from SentencePiece models, Llama-2, Mistral, Baichuan), or None
+    for a kind the merge cannot grow."""
+    model = state["model"]
+    if model["type"] != "BPE":
+        return None
+    if _mentions(state.get("pre_tokenizer"), "ByteLevel"):
+        return "byte_level"
+    spaces_as_mark = _mentions(state.get("pre_tokenizer"), "Metaspace") or "▁" in json.dumps(
+        state.get("normalizer"), ensure_ascii=False
+    )
+    return "metaspace" if spaces_as_mark and model.get("byte_fallback") else None
+
+
+def _metaspace_symbol(state: dict, piece: str) -> str | None:
+    """The piece as the BPE model of a "metaspace" tokenizer sees it (spaces as "▁"), or None where a splitting
+    Metaspace pre-tokenizer cuts it (a "▁" inside) so that BPE could never produce it."""
+    symbol = piece.replace(" ", "▁")
+    splits = [node for node in [state.get("pre_tokenizer")] if node and node.get("split", False)]
+    return None if splits and "▁" in symbol[1:] else symbol
+
+
+def _base_parts(base, symbol: str) -> list[str]:
+    """The base model's tokens of `symbol` with each run of byte-fallback tokens ("<0xE9>", ...) turned back into
+    its character: BPE starts from characters found in the vocabulary, so a new piece is built from those."""
+    parts: list[str] = []
+    pending = b""
+    for token in base.model.tokenize(symbol):
+        value = token.value
+        if BYTE_FALLBACK.fullmatch(value):
+            pending += bytes([int(value[3:5], 16)])
+            try:
+                parts.append(pending.decode("utf-8"))
+                pending = b""
+            except UnicodeDecodeError:
+                continue  # a character of several bytes: wait for the rest
+        else:
+            parts.append(value)
+    return parts
+
+
+def _symbol(kind: str, base, state: dict, piece: str) -> str | None:
+    """The piece as the BPE model sees it after normalizing and pre-tokenizing, or None if those would cut it."""
+    if kind == "metaspace":
+        return _metaspace_symbol(state, piece)
+    normalized = base.normalizer.normalize_str(piece) if base.normalizer else piece
+    split = base.pre_tokenizer.pre_tokenize_str(normalized)
+    return split[0][0] if normalized == piece and len(split) == 1 else None
+
+
+def _apply_merges(parts: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """BPE with the added merges only: the lowest-ranked adjacent pair first, leftmost on ties. Every added merge
+    ranks after every base merge, so applied to the base's tokens this gives the grown tokenizer's tokens."""
+    parts = list(parts)
+    while len(parts) > 1:
+        ranked = [(ranks[pair], i) for i, pair in enumerate(zip(parts, parts[1:], strict=False)) if pair in ranks]
+        if not ranked:
+            break
+        _, i = min(ranked)
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+    return parts
 
 
 @dataclass
@@ -116,53 +182,74 @@ class MergeReport:
     """What happened to each candidate piece."""
 
     added: list[str] = field(default_factory=list)  # new tokens the pieces asked for
-    intermediate: int = 0  # prefixes added so that BPE can build the pieces
+    intermediate: int = 0  # prefixes (and, for metaspace, characters) added so that BPE can build the pieces
     present: int = 0  # already one token of the base
     unreachable: list[str] = field(default_factory=list)  # crossing a pre-tokenizer boundary: BPE could never emit
+    conflicting: list[str] = field(default_factory=list)  # needs a base token joined in a way the base never merges
 
 
 def merge_pieces(tokenizer, pieces: Iterable[str], where: str):
-    """A copy of a byte-level BPE `tokenizer` whose vocabulary and merges also hold `pieces`. Base tokens keep their
-    ids, special tokens are untouched, and new merges rank after every base merge, so text without a new token is
-    encoded as before. Each new token is built left to right from the base tokens of its text."""
+    """A copy of a BPE `tokenizer` (byte-level or metaspace, see tokenizer_kind) whose vocabulary and merges also hold
+    `pieces`. Base tokens keep their ids, special tokens are untouched, and new merges rank after every base merge,
+    so text without a new token is encoded as before. Each new token is built left to right from the base tokens of
+    its text; for a metaspace tokenizer a character the base only had as byte-fallback bytes becomes a token first."""
     from transformers import AutoTokenizer
 
     base = tokenizer.backend_tokenizer
     state = json.loads(base.to_str())
-    if not _byte_level(state):
+    kind = tokenizer_kind(state)
+    if kind is None:
         raise UserError(
-            f"{where} is a {state['model']['type']} tokenizer without byte-level pre-tokenization; merging supports "
-            "byte-level BPE tokenizers (Qwen, Llama-3, SmolLM, GPT-2 style); give one of those."
+            f"{where} is a {state['model']['type']} tokenizer that is neither byte-level BPE nor BPE with byte "
+            "fallback over SentencePiece's '▁' spaces; merging supports those two kinds (Qwen, Llama-3, SmolLM, "
+            "GPT-2 style; Llama-2, Mistral, Baichuan style); give one of those."
         )
     vocab: dict[str, int] = state["model"]["vocab"]
     merges: list = state["model"]["merges"]
     as_pairs = not merges or isinstance(merges[0], list)
+    base_pairs = {tuple(m) if as_pairs else tuple(m.split(" ", 1)) for m in merges}
+    new_ranks: dict[tuple[str, str], int] = {}
     taken = [*vocab.values(), *(t["id"] for t in state.get("added_tokens", []))]
     next_id = max(taken) + 1
     record: dict[str, list[int]] = {}
     report = MergeReport()
+
+    def add_token(text: str) -> None:
+        nonlocal next_id
+        vocab[text] = next_id
+        record[str(next_id)] = [base.token_to_id(t.value) for t in base.model.tokenize(text)]
+        next_id += 1
+
     for piece in dict.fromkeys(pieces):  # first occurrence wins, order kept
-        normalized = base.normalizer.normalize_str(piece) if base.normalizer else piece
-        split = base.pre_tokenizer.pre_tokenize_str(normalized)
-        if normalized != piece or len(split) != 1:
+        symbol = _symbol(kind, base, state, piece)
+        if symbol is None:
             report.unreachable.append(piece)
             continue
-        symbol = split[0][0]
         if symbol in vocab:
             report.present += 1
             continue
-        parts = [t.value for t in base.model.tokenize(symbol)]
-        built = parts[0]
+        # Built from the tokens the grown tokenizer gives it so far, so that merges added for earlier pieces cannot
+        # shadow this one (糖+尿 for "糖尿病" before ▁+糖 for "▁糖尿病患者").
+        parts = _apply_merges(_base_parts(base, symbol), new_ranks)
+        steps, built = [], parts[0]
         for part in parts[1:]:
-            joined = built + part
-            if joined not in vocab:
-                merges.append([built, part] if as_pairs else f"{built} {part}")
-                vocab[joined] = next_id
-                record[str(next_id)] = [base.token_to_id(t.value) for t in base.model.tokenize(joined)]
-                next_id += 1
-                report.intermediate += joined != symbol
-            built = joined
+            steps.append((built, part))
+            built += part
+        if any(pair not in base_pairs and pair not in new_ranks and "".join(pair) in vocab for pair in steps):
+            report.conflicting.append(
+                piece
+            )  # a base token that BPE builds another way: a merge would change base text
+            continue
+        for char in parts:
+            if char not in vocab:  # a character the base spelt in bytes (metaspace kind only)
+                add_token(char)
+        for pair in steps:
+            if pair not in base_pairs and pair not in new_ranks:
+                merges.append(list(pair) if as_pairs else " ".join(pair))
+                new_ranks[pair] = len(new_ranks)
+                add_token("".join(pair))
         report.added.append(piece)
+    report.intermediate = len(record) - len(report.added)
     earlier = (tokenizer.init_kwargs.get(EXTENSION_KEY) or {}).get("tokens", {})
     extension = {"base_size": len(tokenizer), "tokens": {**earlier, **record}}
     # Saved and reloaded with the grown tokenizer.json, so that everything else (class, special tokens, chat

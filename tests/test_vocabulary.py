@@ -64,12 +64,49 @@ def test_merged_tokenizer_keeps_base_ids_and_special_tokens(tiny_model_dir, merg
     for text in (ENGLISH, "Take 2 tablets.\n<|im_start|>user\nhi<|im_end|>"):
         assert terms_only.encode(text) == base.encode(text)
     assert len(terms_only.encode("糖尿病")) == 1
+    # With the domain pieces too, no piece's merges shadow a term's (糖+尿 for 糖尿病 before ▁糖 for ▁糖尿病患者).
+    assert all(len(merged.encode(term, add_special_tokens=False)) == 1 for term in terms)
     assert base.get_vocab().items() <= merged.get_vocab().items()  # every base token keeps its id
     assert merged.all_special_tokens == base.all_special_tokens and merged.all_special_ids == base.all_special_ids
     assert merged.chat_template == base.chat_template
     ids = merged.encode(CHINESE, add_special_tokens=False)
     assert merged.decode(ids) == CHINESE and len(ids) < len(base.encode(CHINESE, add_special_tokens=False))
     assert vocabulary.new_token_ids(merged) == list(range(len(base), len(merged)))
+
+
+def test_sentencepiece_style_tokenizer_stays_one(tmp_path):
+    """A Llama-2-style tokenizer (BPE over characters, '▁' for spaces, byte fallback), made offline from a
+    SentencePiece model that never saw some of the terms' characters, grows as that kind."""
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+
+    english = [line for line in (ROOT / "data" / "pretrain" / "medical_notes.txt").read_text().splitlines() if line]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(english), model_prefix=str(tmp_path / "base"), vocab_size=700, model_type="bpe",
+        byte_fallback=True, character_coverage=0.98, hard_vocab_limit=False, minloglevel=2,
+    )  # fmt: skip
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "base.model").rename(tmp_path / "llama" / "tokenizer.model")
+    LlamaTokenizer.from_pretrained(tmp_path / "llama").save_pretrained(tmp_path / "llama")
+    base = AutoTokenizer.from_pretrained(tmp_path / "llama")
+    assert vocabulary.tokenizer_kind(json.loads(base.backend_tokenizer.to_str())) == "metaspace"
+    terms = vocabulary.read_word_file(str(ROOT / "data" / "vocab" / "medical_terms_zh.txt"), "--word_file", [])
+    rare = "".join(c for c in "".join(terms) if c not in base.get_vocab())
+    assert rare, "the base must spell some term characters in bytes for this test"
+    merged, report = vocabulary.merge_pieces(base, [*terms, " blood pressure"], "llama")
+    assert type(merged) is type(base) and vocabulary.tokenizer_kind(json.loads(merged.backend_tokenizer.to_str()))
+    assert len(report.added) == len(terms) + 1 and not report.unreachable and not report.conflicting
+    assert base.get_vocab().items() <= merged.get_vocab().items()
+    for term in terms:  # each term is one token, mid-sentence and after a space
+        assert merged.tokenize(f"患者{term}")[-1] == term
+    assert merged.tokenize("normal blood pressure")[-1] == "▁blood▁pressure"
+    record = merged.init_kwargs[vocabulary.EXTENSION_KEY]["tokens"]
+    char = merged.convert_tokens_to_ids(rare[0])  # a character the base had as bytes is now a token of its own
+    assert [base.convert_ids_to_tokens(i) for i in record[str(char)]] == [f"<0x{b:02X}>" for b in rare[0].encode()]
+    for text in (ENGLISH.replace("blood ", ""), "Take 2 tablets.\n"):  # no new token inside
+        assert merged.encode(text) == base.encode(text)
+    ids = merged.encode(CHINESE, add_special_tokens=False)
+    assert merged.decode(ids) == CHINESE and len(ids) < 0.8 * len(base.encode(CHINESE, add_special_tokens=False))
 
 
 def test_new_rows_start_at_their_sub_token_mean(tiny_model_dir, merged_dir, tmp_path):
@@ -107,7 +144,9 @@ def test_bad_inputs_are_named(tiny_model_dir, tmp_path):
     word_piece.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=word_piece, unk_token="[UNK]").save_pretrained(tmp_path / "wp")
     words.write_text("糖尿病\n", encoding="utf-8")
-    with pytest.raises(UserError, match="WordPiece tokenizer without byte-level pre-tokenization"):
+    with pytest.raises(
+        UserError, match="WordPiece tokenizer that is neither byte-level BPE nor BPE with byte fallback"
+    ):
         merge_tokenizers.main(["--base_tokenizer_dir", str(tmp_path / "wp"), "--word_file", str(words)])
     assert not (tmp_path / "out").exists()
     with pytest.raises(UserError, match="--train_new_token_rows trains the new rows only"):

@@ -1,5 +1,6 @@
 """Add domain pieces (a SentencePiece model from tools/build_domain_tokenizer.py) and words (a term list, one per
-line) to a base model's byte-level BPE tokenizer. Base tokens keep their ids and special tokens are untouched.
+line) to a base model's BPE tokenizer (byte-level, or SentencePiece-style with byte fallback). Base tokens keep their
+ids and special tokens are untouched.
 
     python tools/merge_tokenizers.py --base_tokenizer_dir models/SmolLM2-135M-Instruct \
         --domain_sp_model_file outputs/vocab/domain_sp.model --word_file data/vocab/medical_terms_zh.txt \
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         "prefix_tokens_added": report.intermediate,
         "already_in_base": report.present,
         "skipped_crossing_pre_tokenizer": len(report.unreachable),
+        "skipped_base_merge_order": len(report.conflicting),
         "output_dir": merge_args.output_dir,
     }
     if merge_args.held_out_file:
