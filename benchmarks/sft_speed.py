@@ -48,6 +48,7 @@ CONFIGS = {
     # LoRA dropout draws a random mask per input element of every adapted layer (twice under checkpointing: the
     # recompute draws it again); benchmarks/sft_profile.py puts it at a fifth of a CPU step.
     "packed+chunked, LoRA dropout 0": ([*PACKED, "--lora_dropout", "0"], {}),
+    "packed+chunked, torch's LoRA dropout": (PACKED, {"MEDGPT_LORA_DROPOUT": "torch"}),  # before medgpt/dropout.py
     "packed+chunked, loss chunks of 1024": ([*PACKED, "--loss_chunk_size", "1024"], {}),  # the default before
 }
 

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from transformers import (
 from medgpt import vocabulary
 from medgpt.args import ChatArguments, LoraArguments, ModelArguments, is_distributed
 from medgpt.chat import get_template, read_template_name, with_tool_format
+from medgpt.dropout import use_cpu_fast_lora_dropout
 from medgpt.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -270,6 +272,8 @@ def add_lora(
             model = get_peft_model(model, config)
         except ValueError as err:
             raise UserError(f"--target_modules {lora_args.target_modules}: {str(err).splitlines()[0]}") from None
+    if os.environ.get("MEDGPT_LORA_DROPOUT") != "torch":  # "torch" keeps nn.Dropout: a benchmark configuration
+        use_cpu_fast_lora_dropout(model)
     trainable, total = model.get_nb_trainable_parameters()
     logger.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
     return model
