@@ -199,6 +199,20 @@ def trl_sides(setup: Setup, python: str) -> dict:
     return {"TRL (packing, padding-free)": (ROOT, command, {})}
 
 
+def float32_copy(setup: Setup) -> str:
+    """The model saved in float32. LLaMA-Factory loads weights with dtype "auto", the dtype in the checkpoint's
+    config (bfloat16 for SmolLM2), and keeps the frozen base in it on a CPU whatever `bf16` says; the other sides
+    load float32 by flag. A float32 checkpoint makes it run the workload every side runs."""
+    folder = setup.work / "model-float32"
+    if not folder.is_dir():
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        AutoModelForCausalLM.from_pretrained(setup.model, dtype=torch.float32).save_pretrained(folder)
+        AutoTokenizer.from_pretrained(setup.model).save_pretrained(folder)
+    return str(folder)
+
+
 def llamafactory_sides(setup: Setup, python: str) -> dict:
     """LLaMA-Factory's `llamafactory-cli train` on a YAML file, as its examples/train_lora/*_sft.yaml set it
     (gradient checkpointing is on by default there), without and with its contamination-free packing."""
@@ -209,7 +223,7 @@ def llamafactory_sides(setup: Setup, python: str) -> dict:
     info = {"medical": {"file_name": str(rows), "formatting": "sharegpt", "columns": columns}}
     (data / "dataset_info.json").write_text(json.dumps(info))
     settings = {
-        **{"model_name_or_path": setup.model, "stage": "sft", "do_train": True, "finetuning_type": "lora"},
+        **{"model_name_or_path": float32_copy(setup), "stage": "sft", "do_train": True, "finetuning_type": "lora"},
         **{"lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.05, "lora_target": "all", "template": "chatml"},
         **{"dataset": "medical", "dataset_dir": str(data), "cutoff_len": setup.length, "overwrite_cache": True},
         **{"per_device_train_batch_size": setup.batch, "learning_rate": 2e-5, "num_train_epochs": 1.0},

@@ -123,10 +123,15 @@ class PolicyAndValue(nn.Module):
         self._critic_backbone = getattr(critic_model, critic_model.base_model_prefix)
         self._critic_head = critic_model.score
 
-    def forward(self, input_ids, attention_mask, position_ids) -> tuple[torch.Tensor, torch.Tensor]:
-        """logits [B, L, V] of the policy and values [B, L] of the critic."""
+    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0) -> tuple[torch.Tensor, ...]:
+        """logits [B, K, V] of the policy at the last K = logits_to_keep positions (0: all L), values [B, L] of the
+        critic."""
         logits = self.policy(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            logits_to_keep=logits_to_keep,
         ).logits
         hidden = self._critic_backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
@@ -436,10 +441,11 @@ class PPOTrainer(Trainer):
         input_ids = torch.cat([queries, responses], dim=1)
         attention_mask = torch.cat([query_mask.long(), torch.ones_like(responses)], dim=1)
         position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
-        logits, values = model(input_ids, attention_mask, position_ids)
-        context = queries.shape[1] - 1
-        logits = logits[:, context:-1].float() / (self.ppo_args.temperature + 1e-7)
-        return logits, values[:, context:-1], (input_ids, attention_mask, position_ids)
+        # The head runs on the response positions only (and the last prompt position, which predicts the first
+        # answer token): the prompt's logits were never used, and the head is a quarter of a small model's forward.
+        logits, values = model(input_ids, attention_mask, position_ids, logits_to_keep=responses.shape[1] + 1)
+        logits = logits[:, :-1].float() / (self.ppo_args.temperature + 1e-7)
+        return logits, values[:, queries.shape[1] - 1 : -1], (input_ids, attention_mask, position_ids)
 
     def rollout_forward(self, model, queries: torch.Tensor, query_mask: torch.Tensor, responses: torch.Tensor):
         """Log-probs of the sampled tokens under the policy and the reference, values and entropies, all [B, T],
@@ -453,8 +459,10 @@ class PPOTrainer(Trainer):
             logprobs = selective_log_softmax(logits, r)
             entropy = entropy_from_logits(logits)
             with self.reference(policy) as reference:
-                ref_logits = reference(input_ids=ids, attention_mask=attention, position_ids=positions).logits
-            ref_logits = ref_logits[:, q.shape[1] - 1 : -1].float() / (self.ppo_args.temperature + 1e-7)
+                ref_logits = reference(
+                    input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=r.shape[1] + 1
+                ).logits
+            ref_logits = ref_logits[:, :-1].float() / (self.ppo_args.temperature + 1e-7)
             chunks.append((logprobs, values, selective_log_softmax(ref_logits, r), entropy))
         return tuple(torch.cat(parts) for parts in zip(*chunks, strict=True))
 
