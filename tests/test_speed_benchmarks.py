@@ -64,9 +64,9 @@ def test_trl_side_reads_the_last_answer_as_the_completion():
     assert [t["role"] for t in converted["prompt"]] == ["user", "assistant", "user"]
 
 
-def test_llamafactory_side_gets_a_dataset_and_one_output_folder_per_run(sft_speed, tmp_path):
+def test_llamafactory_side_gets_a_dataset_and_one_output_folder_per_run(sft_speed, tiny_model_dir, tmp_path):
     (tmp_path / "data").mkdir()
-    setup = sft_speed.Setup("/models/m", tmp_path, 4, 512, None)
+    setup = sft_speed.Setup(str(tiny_model_dir), tmp_path, 4, 512, None)
     sides = sft_speed.llamafactory_sides(setup, str(tmp_path / "bin" / "python"))
     assert list(sides) == ["LLaMA-Factory", "LLaMA-Factory (neat_packing)"]
     info = json.loads((tmp_path / "llamafactory-data" / "dataset_info.json").read_text())
@@ -78,3 +78,6 @@ def test_llamafactory_side_gets_a_dataset_and_one_output_folder_per_run(sft_spee
     config = Path(command[-1]).read_text()
     assert config.count("output_dir:") == 1 and f"output_dir: {tmp_path / 'run2'}" in config
     assert "neat_packing: true" in config and "cutoff_len: 512" in config and 'lora_target: "all"' in config
+    # LLaMA-Factory loads the checkpoint's own dtype: it gets a float32 copy, as every side trains in float32.
+    assert f'model_name_or_path: "{tmp_path / "model-float32"}"' in config
+    assert json.loads((tmp_path / "model-float32" / "config.json").read_text())["dtype"] == "float32"
