@@ -49,8 +49,6 @@ CONFIGS = {
     # recompute draws it again); benchmarks/sft_profile.py puts it at a fifth of a CPU step.
     "packed+chunked, LoRA dropout 0": ([*PACKED, "--lora_dropout", "0"], {}),
     "packed+chunked, torch's LoRA dropout": (PACKED, {"MEDGPT_LORA_DROPOUT": "torch"}),  # before medgpt/dropout.py
-    # before medgpt/attention.py: sdpa over the whole packed row with the block-diagonal mask
-    "packed+chunked, masked attention": (PACKED, {"MEDGPT_PACKED_ATTENTION": "sdpa"}),
     "packed+chunked, loss chunks of 1024": ([*PACKED, "--loss_chunk_size", "1024"], {}),  # the default before
 }
 

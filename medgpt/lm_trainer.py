@@ -14,7 +14,6 @@ import time
 import torch
 from transformers import Trainer
 
-from medgpt.attention import use_segment_attention
 from medgpt.loss import use_chunked_loss
 from medgpt.tokenization import Collator, count_tokens
 
@@ -30,9 +29,7 @@ class LMTrainer(Trainer):
     @classmethod
     def on_splits(cls, model, args, splits: dict, tokenizer, loss_chunk_size: int, padding_free: bool) -> "LMTrainer":
         """PT's and SFT's trainer: the prepared train/validation splits, our collator (flattened rows when the
-        attention kernel is padding-free). Packed rows on a CPU get attention per sample (medgpt/attention.py)."""
-        packed = any("position_ids" in (getattr(split, "column_names", None) or []) for split in splits.values())
-        use_segment_attention(model, packed, args.device.type == "cpu")
+        attention kernel is padding-free)."""
         return cls(
             model=model,
             args=args,

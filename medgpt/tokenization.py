@@ -250,9 +250,8 @@ def pack(dataset: Dataset, capacity: int, seed: int = 42) -> Dataset:
 @dataclass
 class Collator:
     """Pads a batch. Packed rows (with position_ids) get no attention mask: transformers then derives a
-    block-diagonal causal mask from the restarting position ids (sdpa/eager; on a CPU medgpt/attention.py runs
-    sdpa per sample instead), or feeds them to FlashAttention-2 as variable-length sequences. With `flatten` the
-    whole batch becomes one row: padding-free."""
+    block-diagonal causal mask from the restarting position ids (sdpa/eager), or feeds them to FlashAttention-2
+    as variable-length sequences. With `flatten` the whole batch becomes one row: padding-free."""
 
     pad_token_id: int
     flatten: bool = False
