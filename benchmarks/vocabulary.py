@@ -105,20 +105,20 @@ def main() -> None:
           f"{mean_zh:.3f}, with random rows {random_zh:.3f} (per token)")  # fmt: skip
     common = [py, "pretraining.py", "--model_name_or_path", options.model, "--tokenizer_name_or_path",
               str(work / "merged"), "--train_file_dir", "data/pretrain", "--block_size", "256",
-              "--per_device_train_batch_size", "2", "--max_steps", str(options.steps), "--save_strategy", "no",
+              "--per_device_train_batch_size", "2", "--save_strategy", "no",
               "--report_to", "none", "--validation_split_percentage", "0", "--disable_tqdm", "True"]  # fmt: skip
     figures = {}
     for name, flags in (
         ("--train_new_token_rows True", ["--train_new_token_rows", "True"]),
         ("--modules_to_save embed_tokens,lm_head", ["--modules_to_save", "embed_tokens,lm_head"]),
     ):
-        figures[name] = peak_rss_mib([*common, *flags, "--output_dir", str(work / name.split()[0].strip("-"))])
+        out = ["--output_dir", str(work / name.split()[0].strip("-"))]
+        figures[name] = peak_rss_mib([*common, "--max_steps", str(options.steps), *flags, *out])
         print(f"peak RSS with {name}: {figures[name]:.0f} MiB ({options.steps} steps, block 256, batch 2)")
     print(json.dumps(figures))
     if options.pt_epochs:
         adapter, grown = work / "pt-new-rows", work / "pt-new-rows-merged"
-        steps = [i for i, flag in enumerate(common) if flag == "--max_steps"][0]
-        pt = [*common[:steps], *common[steps + 2 :], "--num_train_epochs", str(options.pt_epochs)]
+        pt = [*common, "--num_train_epochs", str(options.pt_epochs)]
         subprocess.run(
             [*pt, "--train_new_token_rows", "True", "--learning_rate", "2e-4", "--output_dir", str(adapter)],
             check=True, cwd=ROOT, stdout=subprocess.DEVNULL,

@@ -132,7 +132,7 @@ def _metaspace_symbol(state: dict, piece: str) -> str | None:
     """The piece as the BPE model of a "metaspace" tokenizer sees it (spaces as "▁"), or None where a splitting
     Metaspace pre-tokenizer cuts it (a "▁" inside) so that BPE could never produce it."""
     symbol = piece.replace(" ", "▁")
-    splits = [node for node in [state.get("pre_tokenizer")] if node and node.get("split", False)]
+    splits = bool((state.get("pre_tokenizer") or {}).get("split"))
     return None if splits and "▁" in symbol[1:] else symbol
 
 
