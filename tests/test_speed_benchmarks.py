@@ -81,3 +81,14 @@ def test_llamafactory_side_gets_a_dataset_and_one_output_folder_per_run(sft_spee
     # LLaMA-Factory loads the checkpoint's own dtype: it gets a float32 copy, as every side trains in float32.
     assert f'model_name_or_path: "{tmp_path / "model-float32"}"' in config
     assert json.loads((tmp_path / "model-float32" / "config.json").read_text())["dtype"] == "float32"
+
+
+def test_sft_step_times_every_dropout_in_turn(tiny_model_dir, monkeypatch, capsys):
+    sft_step = load("sft_step")
+    argv = ["sft_step.py", "--model", str(tiny_model_dir), "--rounds", "2", "--batch", "1", "--length", "16"]
+    monkeypatch.setattr(sys, "argv", argv)
+    sft_step.main()
+    out = capsys.readouterr().out
+    assert out.count("round ") == 2 and "medians of 2 rounds" in out
+    for name in sft_step.CONFIGS:
+        assert out.count(name) == 3  # once per round, once in the medians
