@@ -132,8 +132,8 @@ def _metaspace_symbol(state: dict, piece: str) -> str | None:
     """The piece as the BPE model of a "metaspace" tokenizer sees it (spaces as "▁"), or None where a splitting
     Metaspace pre-tokenizer cuts it (a "▁" inside) so that BPE could never produce it."""
     symbol = piece.replace(" ", "▁")
-    splits = bool((state.get("pre_tokenizer") or {}).get("split"))
-    return None if splits and "▁" in symbol[1:] else symbol
+    splitting = bool((state.get("pre_tokenizer") or {}).get("split"))
+    return None if splitting and "▁" in symbol[1:] else symbol
 
 
 def _base_parts(base, symbol: str) -> list[str]:
