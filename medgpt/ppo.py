@@ -6,7 +6,8 @@ TensorBoard logging and `trainer_state.json` are the Trainer's own. One step of 
 
   1. generate: answers to a batch of prompts, sampled with the KV cache, stopped at the template's stop token;
   2. score: the reward model scores every finished answer (through text, in its own template); log-probs of the
-     policy and of the reference (the policy with its adapter switched off), and the critic's values;
+     policy and of the reference (the policy with its adapter switched off), and the critic's values; the first
+     micro-batch's forward keeps its graph, and the update backpropagates through it rather than repeating it;
   3. advantages: per-token KL penalty, score on the last token, GAE, whitened advantages;
   4. update: `num_ppo_epochs` passes over `num_mini_batches` shuffled minibatches with the clipped policy and value
      losses; each minibatch is one optimizer step over `gradient_accumulation_steps` micro-batches.
@@ -359,8 +360,11 @@ class PPOTrainer(Trainer):
             scores = torch.tensor(self.scorer(batch["prompt"], texts, batch["tools"]), device=responses.device)
             if ppo.missing_eos_penalty is not None:
                 scores = scores - ppo.missing_eos_penalty * (~ended).float()
-        with torch.no_grad(), timed(seconds, "rollout_forward", device):
-            logprobs, values, ref_logprobs, entropy = self.rollout_forward(model, queries, query_mask, responses)
+        order = torch.randperm(self.rollout_size, device=responses.device)  # the update's first pass, row by row
+        with timed(seconds, "rollout_forward", device):
+            (logprobs, values, ref_logprobs, entropy), first = self.rollout_forward(
+                model, queries, query_mask, responses, order
+            )
         # 3. advantages
         kl = ppo_math.kl_estimate(logprobs, ref_logprobs, ppo.kl_estimator) * mask
         rewards = ppo_math.token_rewards(scores, kl, mask, self.kl_ctl.value)
@@ -380,7 +384,7 @@ class PPOTrainer(Trainer):
             "returns": returns,
         }
         with timed(seconds, "update", device):
-            update_stats = self.update(model, rollout)
+            update_stats = self.update(model, rollout, order, first)
 
         mean_kl = kl.sum(1).mean()
         non_score = (-self.kl_ctl.value * kl).sum(1).mean()
@@ -447,24 +451,45 @@ class PPOTrainer(Trainer):
         logits = logits[:, :-1].float() / (self.ppo_args.temperature + 1e-7)
         return logits, values[:, queries.shape[1] - 1 : -1], (input_ids, attention_mask, position_ids)
 
-    def rollout_forward(self, model, queries: torch.Tensor, query_mask: torch.Tensor, responses: torch.Tensor):
-        """Log-probs of the sampled tokens under the policy and the reference, values and entropies, all [B, T],
-        computed in micro-batches."""
-        chunks = []
+    def rollout_forward(self, model, queries, query_mask, responses, order: torch.Tensor):
+        """Log-probs of the sampled tokens under the policy and the reference, values and entropies, all [B, T] in row
+        order, computed in micro-batches of the rows in `order` (the update's first pass), and the first micro-batch's
+        (log-probs [b, T], values [b, T]) with their autograd graphs, or None.
+
+        The update's first micro-batch holds the same rows and sees the same weights (no optimizer step comes
+        between), so its forward is this one: it runs once, with gradients, and the update backpropagates through it
+        instead of running it again. Not under DeepSpeed, whose engine is left to pair each forward with its backward.
+        """
         size = self.args.per_device_train_batch_size
         policy = self.accelerator.unwrap_model(model).policy
-        for start in range(0, len(queries), size):
-            q, qm, r = (t[start : start + size] for t in (queries, query_mask, responses))
-            logits, values, (ids, attention, positions) = self.forward(model, q, qm, r)
-            logprobs = selective_log_softmax(logits, r)
-            entropy = entropy_from_logits(logits)
-            with self.reference(policy) as reference:
-                ref_logits = reference(
-                    input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=r.shape[1] + 1
-                ).logits
-            ref_logits = ref_logits[:, :-1].float() / (self.ppo_args.temperature + 1e-7)
-            chunks.append((logprobs, values, selective_log_softmax(ref_logits, r), entropy))
-        return tuple(torch.cat(parts) for parts in zip(*chunks, strict=True))
+        keep_first = self.accelerator.distributed_type != "DEEPSPEED"
+        chunks, first = [], None
+        for index, rows in enumerate(order.split(size)):
+            q, qm, r = queries[rows], query_mask[rows], responses[rows]
+            with_graph = keep_first and index == 0
+            grad = torch.enable_grad() if with_graph else torch.no_grad()
+            with grad, self.accumulating(model, last=self.args.gradient_accumulation_steps == 1 or not with_graph):
+                logits, values, (ids, attention, positions) = self.forward(model, q, qm, r)
+                logprobs = selective_log_softmax(logits, r)
+            if with_graph:
+                first = (logprobs, values)
+            with torch.no_grad():
+                entropy = entropy_from_logits(logits.detach())
+                with self.reference(policy) as reference:
+                    ref_logits = reference(
+                        input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=r.shape[1] + 1
+                    ).logits
+                ref_logits = ref_logits[:, :-1].float() / (self.ppo_args.temperature + 1e-7)
+                chunks.append((logprobs.detach(), values.detach(), selective_log_softmax(ref_logits, r), entropy))
+        in_row_order = torch.argsort(order)
+        return tuple(torch.cat(parts)[in_row_order] for parts in zip(*chunks, strict=True)), first
+
+    def accumulating(self, model, last: bool):
+        """The context of a micro-batch's forward and backward: gradients are synchronised across processes on the
+        last micro-batch of an optimizer step only (DeepSpeed's engine decides that itself)."""
+        if last or self.accelerator.distributed_type == "DEEPSPEED":
+            return contextlib.nullcontext()
+        return self.accelerator.no_sync(model)
 
     @contextlib.contextmanager
     def reference(self, policy: nn.Module):
@@ -481,23 +506,30 @@ class PPOTrainer(Trainer):
             with policy.disable_adapter():
                 yield policy
 
-    def update(self, model, rollout: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """num_ppo_epochs passes over shuffled minibatches; one optimizer step per minibatch."""
+    def update(self, model, rollout: dict[str, torch.Tensor], order: torch.Tensor, first=None) -> dict:
+        """num_ppo_epochs passes over shuffled minibatches; one optimizer step per minibatch. The first pass takes
+        the rows in `order`, and its first micro-batch's log-probs and values from `first` where rollout_forward kept
+        them (same rows, same weights: the same forward)."""
         args, ppo = self.args, self.ppo_args
         micro, steps = args.per_device_train_batch_size, args.gradient_accumulation_steps
         deepspeed = self.accelerator.distributed_type == "DEEPSPEED"
         totals: dict[str, list[torch.Tensor]] = {}
-        for _ in range(ppo.num_ppo_epochs):
-            order = torch.randperm(self.rollout_size, device=rollout["queries"].device)
+        for epoch in range(ppo.num_ppo_epochs):
+            if epoch:
+                order = torch.randperm(self.rollout_size, device=rollout["queries"].device)
             for minibatch in order.split(micro * steps):
                 for i, rows in enumerate(minibatch.split(micro)):
                     last = i == steps - 1
                     self.accelerator.gradient_state._set_sync_gradients(last)
-                    sync = contextlib.nullcontext() if last or deepspeed else self.accelerator.no_sync(model)
-                    with sync:
+                    with self.accumulating(model, last):
                         part = {name: value[rows] for name, value in rollout.items()}
-                        logits, values, _ = self.forward(model, part["queries"], part["query_mask"], part["responses"])
-                        logprobs = selective_log_softmax(logits, part["responses"])
+                        if first is not None:
+                            (logprobs, values), first = first, None
+                        else:
+                            logits, values, _ = self.forward(
+                                model, part["queries"], part["query_mask"], part["responses"]
+                            )
+                            logprobs = selective_log_softmax(logits, part["responses"])
                         pg_loss, pg_stats = ppo_math.policy_loss(
                             logprobs, part["logprobs"], part["advantages"], part["mask"], ppo.cliprange
                         )

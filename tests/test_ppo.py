@@ -21,10 +21,10 @@ def record_rollouts(monkeypatch) -> list:
     rollouts = []
     original = PPOTrainer.rollout_forward
 
-    def rollout_forward(self, model, queries, query_mask, responses):
-        result = original(self, model, queries, query_mask, responses)
+    def rollout_forward(self, model, queries, query_mask, responses, order):
+        result, first = original(self, model, queries, query_mask, responses, order)
         rollouts.append((queries, query_mask, responses, *result))
-        return result
+        return result, first
 
     monkeypatch.setattr(PPOTrainer, "rollout_forward", rollout_forward)
     return rollouts
@@ -147,3 +147,43 @@ def test_every_rollout_is_generated_with_the_kv_cache(eos_padded_policy, reward_
         assert set(lengths[1:]) == {1}, f"a forward pass over the whole sequence: no KV cache ({lengths})"
     logged = assert_phase_seconds(tmp_path / "out", steps=3)
     assert all(entry["time/rollout_forward"] > 0 for entry in logged)
+
+
+def test_the_update_reuses_the_rollout_forward_of_its_first_micro_batch(
+    eos_padded_policy, reward_dir, tmp_path, monkeypatch
+):
+    """The update's first micro-batch backpropagates through the rollout's own forward (same rows, same weights): one
+    forward of policy and critic fewer per step, and the same trained adapters as a run that repeats that forward."""
+    from safetensors.torch import load_file
+
+    from medgpt.ppo import PolicyAndValue
+
+    write_jsonl(tmp_path / "prompts" / "train.jsonl", PROMPTS)
+    forwards, original_forward = [], PolicyAndValue.forward
+
+    def forward(self, *args, **kwargs):
+        forwards.append(torch.is_grad_enabled())
+        return original_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(PolicyAndValue, "forward", forward)
+    extra = ("--num_ppo_epochs", "2", "--learning_rate", "1e-2")  # 2 rollout + 2 x 2 update micro-batches a step
+    ppo_training.main(ppo_argv(eos_padded_policy, reward_dir, tmp_path / "prompts", tmp_path / "reused", *extra))
+    assert len(forwards) == 2 * (2 + 4 - 1), "the first update micro-batch ran a forward of its own"
+    assert forwards[:2] == [True, False], "the rollout's first micro-batch keeps its graph, the second does not"
+
+    forwards.clear()
+    original_rollout = PPOTrainer.rollout_forward
+
+    def rollout_forward_without_graph(self, *args):
+        result, _ = original_rollout(self, *args)
+        return result, None
+
+    monkeypatch.setattr(PPOTrainer, "rollout_forward", rollout_forward_without_graph)
+    ppo_training.main(ppo_argv(eos_padded_policy, reward_dir, tmp_path / "prompts", tmp_path / "repeated", *extra))
+    assert len(forwards) == 2 * (2 + 4)
+    for folder in ("", "value_model"):
+        reused = load_file(tmp_path / "reused" / folder / "adapter_model.safetensors")
+        repeated = load_file(tmp_path / "repeated" / folder / "adapter_model.safetensors")
+        assert any(tensor.abs().max() > 0 for name, tensor in reused.items() if "lora_B" in name), "nothing trained"
+        for name, tensor in reused.items():
+            assert torch.allclose(tensor, repeated[name], atol=1e-6), name
