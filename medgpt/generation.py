@@ -1,10 +1,11 @@
 """Generation settings shared by the chat engine (medgpt.engine) and the RL rollouts: which strings and tokens end an
-answer, the `generate` keyword arguments, cutting a decoded answer at its stop string, and rollouts sampled from
-exactly the distribution whose log-probs RL computes."""
+answer, the `generate` keyword arguments, cutting a decoded answer at its stop string, rollouts sampled from exactly
+the distribution whose log-probs RL computes, and rollouts generated with a LoRA adapter folded into the weights."""
 
 import contextlib
 from collections.abc import Iterator
 
+import torch
 from transformers import GenerationConfig
 
 
@@ -65,3 +66,45 @@ def sampling_exactly_as_given(model) -> Iterator[None]:
         yield
     finally:
         base.generation_config = saved
+
+
+@contextlib.contextmanager
+def lora_merged(model) -> Iterator[bool]:
+    """Within this block a LoRA model runs with its active adapter merged into the base weights; afterwards the base
+    weights are bit for bit what they were. Yields whether it merged.
+
+    A merged layer is one matmul where an unmerged one is three plus a scale and an add: rollouts generate about
+    1.2x faster on the CPU (benchmarks/rl_speed.py). The weights are restored from a copy, not by subtracting the
+    update again, which would leave rounding behind in the base (the reference policy) at every rollout. Merged only
+    where the merged layer computes the same function up to float32 rounding: float32 base weights held whole in
+    this process. In bfloat16 or float16 a small update rounds away into the base weight (the samples would come from
+    another policy), a quantized base cannot be restored, and a ZeRO-3 shard is not the whole weight: those run
+    unmerged. The copy costs the memory of the adapted layers' weights while the block runs.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    layers = [module for module in model.modules() if isinstance(module, LoraLayer)]
+    weights = [
+        tensor
+        for layer in layers
+        for tensor in (layer.get_base_layer().weight, getattr(layer.get_base_layer(), "bias", None))
+        if tensor is not None
+    ]
+    mergeable = (
+        layers
+        and not any(layer.merged for layer in layers)
+        and all(w.dtype == torch.float32 and not hasattr(w, "ds_id") for w in weights)
+    )
+    if not mergeable:
+        yield False
+        return
+    with torch.no_grad():
+        saved = [w.detach().clone() for w in weights]
+        model.merge_adapter()
+    try:
+        yield True
+    finally:
+        with torch.no_grad():
+            model.unmerge_adapter()
+            for weight, original in zip(weights, saved, strict=True):
+                weight.data.copy_(original)  # the exact weights, not the subtraction's rounding

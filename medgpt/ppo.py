@@ -4,7 +4,8 @@
 creation, accelerate (DDP) and DeepSpeed wrapping, checkpoints (`_save_checkpoint`), resuming, callbacks,
 TensorBoard logging and `trainer_state.json` are the Trainer's own. One step of the loop is one rollout batch:
 
-  1. generate: answers to a batch of prompts, sampled with the KV cache, stopped at the template's stop token;
+  1. generate: answers to a batch of prompts, sampled with the KV cache, stopped at the template's stop token, with
+     a float32 LoRA adapter merged into the weights for the while (medgpt.generation.lora_merged);
   2. score: the reward model scores every finished answer (through text, in its own template); log-probs of the
      policy and of the reference (the policy with its adapter switched off), and the critic's values; the first
      micro-batch's forward keeps its graph, and the update backpropagates through it rather than repeating it;
@@ -38,7 +39,13 @@ from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, sel
 
 from medgpt import ppo_math
 from medgpt.errors import UserError
-from medgpt.generation import cut_at_stop, generation_kwargs, sampling_exactly_as_given, stop_tokens
+from medgpt.generation import (
+    cut_at_stop,
+    generation_kwargs,
+    lora_merged,
+    sampling_exactly_as_given,
+    stop_tokens,
+)
 from medgpt.timing import clock, timed
 
 logger = logging.getLogger(__name__)
@@ -418,7 +425,7 @@ class PPOTrainer(Trainer):
         query_mask = batch["attention_mask"].to(self.args.device)
         with unwrap_model_for_generation(model, self.accelerator) as unwrapped:
             unwrapped.eval()
-            with sampling_exactly_as_given(unwrapped.policy):
+            with sampling_exactly_as_given(unwrapped.policy), lora_merged(unwrapped.policy):
                 output = unwrapped.policy.generate(
                     input_ids=queries, attention_mask=query_mask, **self.generate_kwargs
                 )
