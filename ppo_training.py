@@ -1,7 +1,8 @@
 """PPO (RLHF): optimise the SFT model against a trained reward model, with a critic and a KL penalty.
 
 Policy = the SFT model + LoRA (or full weights); reference = the same weights with the adapter switched off (full
-fine-tuning keeps a frozen copy); critic = the reward model with a LoRA of its own (or --value_model_path);
+fine-tuning keeps a frozen copy); critic = the reward model with a LoRA of its own (or --value_model_path), or with
+--value_head_on_policy a value head on the policy's backbone (cheaper; the value loss then trains the policy too);
 reward model = frozen, scoring each answer as text in its own template. Prompts: any chat, Alpaca, question or
 prompt rows (a chat's final answer is dropped). Metrics use TRL's PPO names (objective/scores, objective/kl, ...).
 
@@ -83,14 +84,10 @@ def main(argv: list[str] | None = None) -> PPOTrainer:
     if lora_args.use_peft and lora_args.peft_path:
         # The reference is the policy PPO starts from: base + the adapter it continues, kept frozen beside it.
         policy.load_adapter(lora_args.peft_path, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
-    critic = load_critic(
-        model_args,
-        lora_args,
-        training_args,
-        ppo_args,
-        ppo_args.value_model_path or ppo_args.reward_model_path,
-        tokenizer,
-    )
+    critic = None  # --value_head_on_policy: a head on the policy's backbone, made by the trainer
+    if not ppo_args.value_head_on_policy:
+        critic_path = ppo_args.value_model_path or ppo_args.reward_model_path
+        critic = load_critic(model_args, lora_args, training_args, ppo_args, critic_path, tokenizer)
     trainer = PPOTrainer(
         policy=policy,
         critic=critic,

@@ -11,9 +11,11 @@ shown for every step, so step-to-step steadiness is visible (target: every step 
 Like for like: SmolLM2 with LoRA r8 on every linear layer, fp32, no gradient checkpointing, one update pass over each
 rollout, the same temperature and answer length limit, --steps steps. PPO is compared with RLOO at the same rollout
 size, --prompts answers per step (PPO: one answer to each of --prompts prompts; RLOO: --generations answers to each
-of --prompts / --generations prompts). GRPO, both sides: --generations answers to each of --prompts prompts. The
-prompts are the questions of data/grpo with MedicalGPT's GRPO system prompt. The reward model of PPO and RLOO is
-SmolLM2 with a random one-score head (speed only); the GRPO rewards are each side's own accuracy and format rules.
+of --prompts / --generations prompts); our PPO runs twice, with its critic model (the default) and with
+--value_head_on_policy (a value head on the policy's backbone, as TRL's former PPO had). GRPO, both sides:
+--generations answers to each of --prompts prompts. The prompts are the questions of data/grpo with MedicalGPT's GRPO
+system prompt. The reward model of PPO and RLOO is SmolLM2 with a random one-score head (speed only); the GRPO
+rewards are each side's own accuracy and format rules.
 
 MedicalGPT's RLOO script exits with 1 after it has trained and saved (its last call, RLOOTrainer.generate_completions,
 is gone from TRL 1.x): its figures are complete, and the table says "ok (exit 1)".
@@ -21,7 +23,7 @@ is gone from TRL 1.x): its figures are complete, and the table says "ok (exit 1)
 Run it on an otherwise idle machine: where other jobs share the cores, torch's worker threads spin while they wait for
 one, and a side's figures say more about its neighbours than about itself (--threads 1 keeps that small).
 
-    python benchmarks/rl_speed.py --medicalgpt ../MedicalGPT      # 4 sides x 6 steps: 20-30 minutes on 2 cores
+    python benchmarks/rl_speed.py --medicalgpt ../MedicalGPT      # 5 sides x 6 steps: 25-40 minutes on 2 cores
     python benchmarks/rl_speed.py --steps 1 --prompts 2 --generations 2 --response_length 8 --micro_batch 2 \\
         --medicalgpt ../MedicalGPT                                 # smoke test: every side runs, the table prints
 """
@@ -41,7 +43,11 @@ from sft_speed import ROOT, run
 PHASES = ("generate", "score", "rollout_forward", "update")
 STEADY = 0.3  # every step's rollout tokens/s within 30% of the run's median
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # SmolLM2's, but the head
-PAIRS = {"ppo": ("ours PPO", "MedicalGPT RLOO"), "grpo": ("ours GRPO", "MedicalGPT GRPO")}
+# pair -> (our sides, theirs); PPO twice: with its own critic model, and with the value head on the policy
+PAIRS = {
+    "ppo": (("ours PPO", "ours PPO value head"), "MedicalGPT RLOO"),
+    "grpo": (("ours GRPO",), "MedicalGPT GRPO"),
+}
 # MedicalGPT's RLOO and GRPO scripts read two settings our pinned TRL no longer has (model_args.trust_remote_code,
 # moved onto the training configs; RLOOConfig.dataset_num_proc): they run through this launcher, which gives the
 # classes those attributes back with their old defaults, and leaves MedicalGPT's files as they are.
@@ -141,6 +147,13 @@ def sides(o: argparse.Namespace, work: Path, model: str, system: str) -> dict[st
             + ["--train_file_dir", str(work / "chat"), "--response_length", str(o.response_length)]
             + ["--num_ppo_epochs", str(o.ppo_epochs)],
         ),
+        "ours PPO value head": (
+            "ppo_training.py",
+            o.prompts,
+            [*ours, *ppo_batch, "--sft_model_path", model, "--reward_model_path", reward, "--kl_coef", str(o.kl_coef)]
+            + ["--train_file_dir", str(work / "chat"), "--response_length", str(o.response_length)]
+            + ["--num_ppo_epochs", str(o.ppo_epochs), "--value_head_on_policy", "True"],
+        ),
         "MedicalGPT RLOO": (
             "training/ppo_training.py",
             o.prompts,
@@ -206,9 +219,10 @@ def summarize(name: str, steps: list[dict], wall: float, peak: float, code: int)
 
 def compare(results: dict[str, dict]) -> None:
     """Ours vs MedicalGPT: speed (their s/step over ours), tokens/s (ours over theirs), memory (ours over theirs)."""
-    for ours, theirs in PAIRS.values():
-        a, b = results.get(ours, {}), results.get(theirs, {})
-        if a.get("ok") and b.get("ok"):
+    for our_sides, theirs in PAIRS.values():
+        for a, b in ((results.get(ours, {}), results.get(theirs, {})) for ours in our_sides):
+            if not (a.get("ok") and b.get("ok")):
+                continue
             a["vs_medicalgpt"] = {
                 "speed": b["seconds_per_step"] / a["seconds_per_step"],
                 "tokens_per_second": a["tokens_per_second"] / b["tokens_per_second"],
@@ -223,14 +237,14 @@ def table(results: dict[str, dict]) -> str:
     lines = [
         "medians of the steps; tok/s: rollout tokens per second of the whole step, gen tok/s: of its generate phase;",
         "phase columns: seconds per step; x: ours vs MedicalGPT (speed and tok/s > 1: ours faster; memory < 1: less)",
-        f"{'side':<16} {'s/step':>7} {'tok/s':>7} {'gen tok/s':>9} {'generate':>8} {'score':>6} {'rollout_fwd':>11} "
+        f"{'side':<19} {'s/step':>7} {'tok/s':>7} {'gen tok/s':>9} {'generate':>8} {'score':>6} {'rollout_fwd':>11} "
         f"{'update':>7} {'peak GB':>7} {'speed x':>7} {'tok/s x':>7} {'memory x':>8}  status",
     ]
     for r in results.values():
         ratios = r.get("vs_medicalgpt", {})
         status = ("ok" if r["ok"] else "FAILED") + (f" (exit {r['exit_code']})" if r["exit_code"] else "")
         lines.append(
-            f"{r['side']:<16} {cell(r, 'seconds_per_step', 7)} {cell(r, 'tokens_per_second', 7, 1)} "
+            f"{r['side']:<19} {cell(r, 'seconds_per_step', 7)} {cell(r, 'tokens_per_second', 7, 1)} "
             f"{cell(r, 'generate_tokens_per_second', 9, 1)} {cell(r, 'generate', 8)} {cell(r, 'score', 6)} "
             f"{cell(r, 'rollout_forward', 11)} {cell(r, 'update', 7)} {r['peak_rss_gb']:7.2f} "
             f"{cell(ratios, 'speed', 7)} {cell(ratios, 'tokens_per_second', 7)} {cell(ratios, 'memory', 8)}  {status}"
@@ -242,7 +256,7 @@ def table(results: dict[str, dict]) -> str:
                 worst = r[f"{key}_worst_off_median"]
                 verdict = "steady" if worst <= STEADY else "UNSTEADY"
                 figures = " ".join(f"{s[key]:.1f}" for s in r["steps"])
-                lines.append(f"  {r['side']:<16} {label:<9} {figures}  ({verdict}: worst {worst:.0%} off)")
+                lines.append(f"  {r['side']:<19} {label:<9} {figures}  ({verdict}: worst {worst:.0%} off)")
     return "\n".join(lines)
 
 
@@ -254,7 +268,7 @@ def run_sides(o: argparse.Namespace, work: Path, model: str, checkout: Path | No
     if o.threads:
         env["OMP_NUM_THREADS"] = str(o.threads)
     results = {}
-    chosen = [name for pair in o.pairs for name in PAIRS[pair]]
+    chosen = [name for pair in o.pairs for name in (*PAIRS[pair][0], PAIRS[pair][1])]
     for name, (script, answers, flags) in sides(o, work, model, system).items():
         theirs = script.startswith("training/")
         if name not in chosen or (theirs and checkout is None):

@@ -50,6 +50,7 @@ from medgpt.timing import clock, timed
 
 logger = logging.getLogger(__name__)
 VALUE_MODEL_DIR = "value_model"
+VALUE_HEAD_FILE = "value_head.safetensors"  # --value_head_on_policy's critic, beside the policy
 REFERENCE_ADAPTER = "reference"  # the frozen copy of a --peft_path adapter PPO starts from
 PPO_STATE = "ppo_state.json"
 
@@ -61,6 +62,15 @@ class PPOArguments:
     )
     value_model_path: str | None = field(
         default=None, metadata={"help": "Model the critic starts from (default: the reward model)."}
+    )
+    value_head_on_policy: bool = field(
+        default=False,
+        metadata={
+            "help": "The critic is a value head on the policy's own backbone (TRL's former PPO, MedicalGPT's PPO "
+            "before 2026) instead of a model of its own: one backbone forward gives log-probs and values, so a step "
+            "is about a third cheaper and the critic's weights are gone from memory; the value loss (--vf_coef) then "
+            "also trains the policy's adapter."
+        },
     )
     max_source_length: int = field(default=1024, metadata={"help": "Most prompt tokens (the oldest are cut)."})
     response_length: int = field(default=256, metadata={"help": "Most tokens generated per answer."})
@@ -112,6 +122,13 @@ class PPOArguments:
                 ("kl_estimator", self.kl_estimator, self.kl_estimator in ("k1", "k3"), "k1 or k3"),
                 ("kl_target", self.kl_target, self.kl_target is None or self.kl_target > 0, "> 0"),
                 ("total_episodes", self.total_episodes, self.total_episodes is None or self.total_episodes > 0, "> 0"),
+                (
+                    "value_model_path",
+                    self.value_model_path,
+                    not (self.value_head_on_policy and self.value_model_path),
+                    "left out with --value_head_on_policy, whose critic is a head on the policy, not a model of its "
+                    "own; drop one of the two flags",
+                ),
             )
             if not ok
         ]
@@ -120,36 +137,48 @@ class PPOArguments:
 
 
 class PolicyAndValue(nn.Module):
-    """The policy (causal LM) and the critic (a sequence classifier whose score head is read at every token) as one
-    module, so one optimizer, DDP or DeepSpeed engine and checkpoint covers both."""
+    """The policy (causal LM) and the critic as one module, so one optimizer, DDP or DeepSpeed engine and checkpoint
+    covers both. The critic is a sequence classifier whose score head is read at every token, or (critic None) a
+    one-output value head on the policy's last hidden states (--value_head_on_policy)."""
 
-    def __init__(self, policy: nn.Module, critic: nn.Module) -> None:
+    def __init__(self, policy: nn.Module, critic: nn.Module | None) -> None:
         super().__init__()
         self.policy, self.critic = policy, critic
         self.config = policy.config  # what DeepSpeed sizes its buckets from, and what the Trainer logs
-        critic_model = critic.get_base_model() if hasattr(critic, "get_base_model") else critic
-        self._critic_backbone = getattr(critic_model, critic_model.base_model_prefix)
-        self._critic_head = critic_model.score
+        if critic is None:
+            # Zero at the start: values begin at 0 and the value loss sends no gradient into the policy until the
+            # head has learnt something. float32 whatever the policy's dtype, like the adapter's weights.
+            self.value_head = nn.Linear(policy.config.hidden_size, 1, device=policy.device, dtype=torch.float32)
+            nn.init.zeros_(self.value_head.weight), nn.init.zeros_(self.value_head.bias)
+        else:
+            critic_model = critic.get_base_model() if hasattr(critic, "get_base_model") else critic
+            self._critic_backbone = getattr(critic_model, critic_model.base_model_prefix)
+            self._critic_head = critic_model.score
 
     def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0) -> tuple[torch.Tensor, ...]:
         """logits [B, K, V] of the policy at the last K = logits_to_keep positions (0: all L), values [B, L] of the
         critic."""
-        logits = self.policy(
+        shared = self.critic is None
+        output = self.policy(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=False,
             logits_to_keep=logits_to_keep,
-        ).logits
+            output_hidden_states=shared,
+        )
+        if shared:  # the last hidden states are the final norm's output, what the LM head reads
+            return output.logits, self.value_head(output.hidden_states[-1].float()).squeeze(-1)
         hidden = self._critic_backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state
-        return logits, self._critic_head(hidden).squeeze(-1).float()
+        return output.logits, self._critic_head(hidden).squeeze(-1).float()
 
     def activation_checkpointing_enable(self, **kwargs) -> None:
         """--gradient_checkpointing for both models (the Trainer calls this)."""
         for module in (self.policy, self.critic):
-            module.activation_checkpointing_enable(**kwargs)
+            if module is not None:
+                module.activation_checkpointing_enable(**kwargs)
 
     # Rollouts are generated in eval mode, where checkpointing is inactive: TRL's unwrap has nothing to toggle.
     is_gradient_checkpointing = False
@@ -208,7 +237,7 @@ class PPOTrainer(Trainer):
     def __init__(
         self,
         policy: nn.Module,
-        critic: nn.Module,
+        critic: nn.Module | None,
         ref_policy: nn.Module | None,
         scorer,
         ppo_args: PPOArguments,
@@ -217,7 +246,8 @@ class PPOTrainer(Trainer):
     ) -> None:
         check_trainer_internals()
         for module in (policy, critic):
-            disable_dropout_in_model(module)  # dropout would make rollout and update log-probs disagree
+            if module is not None:
+                disable_dropout_in_model(module)  # dropout would make rollout and update log-probs disagree
         super().__init__(model=PolicyAndValue(policy, critic), data_collator=self._collate, **trainer_kwargs)
         # None: the policy with its LoRA adapter switched off, or with the frozen REFERENCE_ADAPTER where the policy
         # continues an adapter (--peft_path): the reference is always the policy PPO starts from.
@@ -589,15 +619,21 @@ class PPOTrainer(Trainer):
             Path(folder, PPO_STATE).write_text(json.dumps({"kl_coef": self.kl_ctl.value}))
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """The policy (adapter or full weights) and tokenizer in output_dir; the critic in output_dir/value_model."""
+        """The policy (adapter or full weights) and tokenizer in output_dir; the critic in output_dir/value_model, or
+        a value head on the policy in output_dir/value_head.safetensors."""
+        from safetensors.torch import save_file
+
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         wrapper = self.accelerator.unwrap_model(self.model)
         state_dict = state_dict if state_dict is not None else wrapper.state_dict()
-        for name, module, folder in (
-            ("policy", wrapper.policy, Path(output_dir)),
-            ("critic", wrapper.critic, Path(output_dir, VALUE_MODEL_DIR)),
-        ):
+        modules = [("policy", wrapper.policy, Path(output_dir))]
+        if wrapper.critic is None:
+            head = {k: v.contiguous() for k, v in state_dict.items() if k.startswith("value_head.")}
+            save_file(head, Path(output_dir, VALUE_HEAD_FILE))
+        else:
+            modules.append(("critic", wrapper.critic, Path(output_dir, VALUE_MODEL_DIR)))
+        for name, module, folder in modules:
             own = {k[len(name) + 1 :]: v for k, v in state_dict.items() if k.startswith(f"{name}.")}
             # Only the trained adapter: a --peft_path policy also holds its frozen starting copy (the reference).
             adapters = {"selected_adapters": ["default"]} if hasattr(module, "peft_config") else {}
@@ -609,10 +645,13 @@ class PPOTrainer(Trainer):
         from safetensors.torch import load_file
 
         wrapper = self.accelerator.unwrap_model(model or self.model)
-        for module, folder in (
-            (wrapper.policy, Path(resume_from_checkpoint)),
-            (wrapper.critic, Path(resume_from_checkpoint, VALUE_MODEL_DIR)),
-        ):
+        modules = [(wrapper.policy, Path(resume_from_checkpoint))]
+        if wrapper.critic is None:
+            head = load_file(Path(resume_from_checkpoint, VALUE_HEAD_FILE))
+            wrapper.value_head.load_state_dict({k.removeprefix("value_head."): v for k, v in head.items()})
+        else:
+            modules.append((wrapper.critic, Path(resume_from_checkpoint, VALUE_MODEL_DIR)))
+        for module, folder in modules:
             if isinstance(module, PeftModel):
                 set_peft_model_state_dict(module, load_file(folder / "adapter_model.safetensors"))
             elif (folder / "model.safetensors").is_file():

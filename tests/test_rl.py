@@ -132,6 +132,34 @@ def test_ppo_resumes_to_the_same_adapter(rl_models, tmp_path):
         assert (tensor - resumed[name]).abs().max() < 1e-4, name
 
 
+def test_ppo_with_the_value_head_on_the_policy(rl_models, tmp_path):
+    """--value_head_on_policy: no critic model, one backbone forward a micro-batch; the score still rises, the head is
+    saved beside the adapter, and a resumed run ends where an uninterrupted one does."""
+    from safetensors.torch import load_file
+
+    from medgpt.ppo import PolicyAndValue
+
+    out = tmp_path / "shared"
+    trainer = ppo_training.main(ppo_argv(rl_models, out, "--max_steps", "24", "--value_head_on_policy", "True"))
+    wrapper = trainer.accelerator.unwrap_model(trainer.model)
+    assert isinstance(wrapper, PolicyAndValue) and wrapper.critic is None
+    scores = [entry["objective/scores"] for entry in trainer.state.log_history if "objective/scores" in entry]
+    assert statistics.mean(scores[-5:]) > statistics.mean(scores[:5]) + 0.4, scores
+    head = load_file(out / "value_head.safetensors")
+    assert set(head) == {"value_head.weight", "value_head.bias"} and head["value_head.weight"].abs().max() > 0
+    assert not (out / "value_model").exists()
+
+    steps = ["--max_steps", "4", "--value_head_on_policy", "True", "--save_strategy", "steps", "--save_steps", "2"]
+    ppo_training.main(ppo_argv(rl_models, tmp_path / "whole", *steps))
+    checkpoint = tmp_path / "whole" / "checkpoint-2"
+    assert (checkpoint / "value_head.safetensors").is_file()
+    ppo_training.main(ppo_argv(rl_models, tmp_path / "resumed", *steps, "--resume_from_checkpoint", str(checkpoint)))
+    for name in ("adapter_model.safetensors", "value_head.safetensors"):
+        whole, resumed = load_file(tmp_path / "whole" / name), load_file(tmp_path / "resumed" / name)
+        for key, tensor in whole.items():
+            assert (tensor - resumed[key]).abs().max() < 1e-4, key
+
+
 def test_medicalgpt_ppo_command_line(rl_models, tmp_path):
     """The PPO guide's flags on SFT-format data (chats whose answers are dropped), with an eval split."""
     out = tmp_path / "outputs-ppo-v1"
@@ -230,6 +258,7 @@ def test_grpo_reward_model_and_multiple_choice_rows(rl_models, tmp_path):
         ("ppo", ["--per_device_train_batch_size", "64"], r"= 128 prompts, but there are only 24"),
         ("ppo", ["--reward_model_path", ""], r"--reward_model_path is required"),
         ("ppo", ["--response_length", "0"], r"--response_length 0 must be >= 1"),
+        ("ppo", ["--value_head_on_policy", "True", "--value_model_path", "rm"], r"--value_model_path rm must be left"),
         ("ppo", ["--train_file_dir", "BAD"], r"train\.jsonl:2: .*no prompt found"),
     ],
 )
