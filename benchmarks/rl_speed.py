@@ -24,6 +24,7 @@ Run it on an otherwise idle machine: where other jobs share the cores, torch's w
 one, and a side's figures say more about its neighbours than about itself (--threads 1 keeps that small).
 
     python benchmarks/rl_speed.py --medicalgpt ../MedicalGPT      # 5 sides x 6 steps: 25-40 minutes on 2 cores
+    python benchmarks/rl_speed.py --medicalgpt ../MedicalGPT --pairs ppo --repeats 2   # PPO both ways and RLOO, twice
     python benchmarks/rl_speed.py --steps 1 --prompts 2 --generations 2 --response_length 8 --micro_batch 2 \\
         --medicalgpt ../MedicalGPT                                 # smoke test: every side runs, the table prints
 """
@@ -225,6 +226,10 @@ def compare(results: dict[str, dict]) -> None:
                 continue
             a["vs_medicalgpt"] = {
                 "speed": b["seconds_per_step"] / a["seconds_per_step"],
+                "speed_by_round": [
+                    theirs_s / ours_s if ours_s and theirs_s else None
+                    for ours_s, theirs_s in zip(a.get("rounds", []), b.get("rounds", []), strict=False)
+                ],
                 "tokens_per_second": a["tokens_per_second"] / b["tokens_per_second"],
                 "memory": a["peak_rss_gb"] / b["peak_rss_gb"],
             }
@@ -249,7 +254,13 @@ def table(results: dict[str, dict]) -> str:
             f"{cell(r, 'rollout_forward', 11)} {cell(r, 'update', 7)} {r['peak_rss_gb']:7.2f} "
             f"{cell(ratios, 'speed', 7)} {cell(ratios, 'tokens_per_second', 7)} {cell(ratios, 'memory', 8)}  {status}"
         )
-    lines += ["", f"rollout tokens/s per step (steady: every step within {STEADY:.0%} of the median)"]
+    by_round = [r for r in results.values() if len(r.get("vs_medicalgpt", {}).get("speed_by_round", [])) > 1]
+    if by_round:
+        lines += ["", "speed x by round (their median s/step over ours, the same round)"]
+        for r in by_round:
+            figures = " ".join(f"{x:.2f}x" if x else "-" for x in r["vs_medicalgpt"]["speed_by_round"])
+            lines.append(f"  {r['side']:<19} {figures}")
+    lines += ["", f"rollout tokens/s per step, every round's (steady: every step within {STEADY:.0%} of the median)"]
     for r in results.values():
         for key, label in (("tokens_per_second", "step"), ("generate_tokens_per_second", "generate")):
             if f"{key}_worst_off_median" in r:
@@ -261,25 +272,35 @@ def table(results: dict[str, dict]) -> str:
 
 
 def run_sides(o: argparse.Namespace, work: Path, model: str, checkout: Path | None, system: str) -> dict[str, dict]:
-    """Each chosen side as a process of its own, one after the other; its figures, read from its trainer_state.json."""
+    """Each chosen side as a process of its own, one after the other, --repeats times in rotation (every side once,
+    then again: a slow spell of the machine falls on all sides); each side's figures over the steps of all its runs,
+    and per round its median s/step (`rounds`), read from its trainer_state.json."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.update(HF_DATASETS_CACHE=str(work / "cache"), TRL_EXPERIMENTAL_SILENCE="1", WANDB_DISABLED="true")
     env.pop("MEDGPT_ALLOCATOR", None)  # our scripts' default allocator (tcmalloc where installed)
     if o.threads:
         env["OMP_NUM_THREADS"] = str(o.threads)
-    results = {}
     chosen = [name for pair in o.pairs for name in (*PAIRS[pair][0], PAIRS[pair][1])]
-    for name, (script, answers, flags) in sides(o, work, model, system).items():
-        theirs = script.startswith("training/")
-        if name not in chosen or (theirs and checkout is None):
-            continue
-        python = [peers.python("medicalgpt"), "-c", MEDICALGPT_LAUNCHER] if theirs else [sys.executable]
-        out = work / name.replace(" ", "_")
-        log = work / f"{out.name}.log"
-        command = [*python, script, *flags, "--output_dir", str(out)]
-        wall, peak, code = run(command, checkout if theirs else ROOT, env, log)
-        results[name] = summarize(name, logged_steps(out, answers), wall, peak, code)
-        print(f"{name}: {wall:.0f} s, {len(results[name]['steps'])} steps logged, exit {code} ({log})", flush=True)
+    runs: dict[str, list[tuple[list[dict], float, float, int]]] = {}
+    for round_ in range(o.repeats):
+        for name, (script, answers, flags) in sides(o, work, model, system).items():
+            theirs = script.startswith("training/")
+            if name not in chosen or (theirs and checkout is None):
+                continue
+            python = [peers.python("medicalgpt"), "-c", MEDICALGPT_LAUNCHER] if theirs else [sys.executable]
+            out = work / f"{name.replace(' ', '_')}-{round_ + 1}"
+            log = work / f"{out.name}.log"
+            command = [*python, script, *flags, "--output_dir", str(out)]
+            wall, peak, code = run(command, checkout if theirs else ROOT, env, log)
+            steps = logged_steps(out, answers)
+            runs.setdefault(name, []).append((steps, wall, peak, code))
+            print(f"{name}, round {round_ + 1}: {wall:.0f} s, {len(steps)} steps, exit {code} ({log})", flush=True)
+    results = {}
+    for name, done in runs.items():
+        steps = [step for run_steps, *_ in done for step in run_steps]
+        wall, peak, code = sum(r[1] for r in done), max(r[2] for r in done), max(r[3] for r in done)
+        results[name] = summarize(name, steps, wall, peak, code)
+        results[name]["rounds"] = [statistics.median(s["seconds"] for s in r[0]) if r[0] else None for r in done]
     return results
 
 
@@ -298,6 +319,7 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.001, help="GRPO's KL beta, both sides (run_grpo.sh's)")
     parser.add_argument("--medicalgpt", help="A MedicalGPT checkout: also run its RLOO and GRPO scripts")
     parser.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=list(PAIRS), help="PPO vs RLOO, GRPO")
+    parser.add_argument("--repeats", type=int, default=1, help="Rounds of every side, run in rotation")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of every side (default: torch's, every core)")
     parser.add_argument("--json", default="outputs/benchmarks/rl_speed.json")
     o = parser.parse_args()
