@@ -209,18 +209,31 @@ def test_bounded_load_then_still_healthy(url):
     assert httpx.get(f"{url}/health").json() == {"status": "ok", "model": "model", "in_flight": 0}
 
 
-def test_requests_beyond_the_queue_get_429(engine, tool_model):
+def test_requests_beyond_the_queue_get_429(engine, tool_model, monkeypatch):
+    """One slot, no queue: while a request is being answered the next gets 429, and once it is done a request is
+    answered again. The engine is held until the busy answer came back (a sampled answer may end at once)."""
+    import threading
+
+    release, complete_batch = threading.Event(), engine.complete_batch
+
+    def held_complete_batch(*args, **kwargs):
+        release.wait(60)
+        return complete_batch(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "complete_batch", held_complete_batch)
     app = openai_api.build_app(server_args(tool_model, max_queue=0, max_batch_size=1), engine, "model")
-    with running(app) as base:
-        long = {"messages": USER, "max_tokens": 300, "temperature": 1.0, "stop": []}
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            statuses = list(
-                pool.map(lambda _: httpx.post(f"{base}/v1/chat/completions", json=long, timeout=120), range(4))
-            )
-        codes = sorted(r.status_code for r in statuses)
-        assert 200 in codes and 429 in codes, codes
-        busy = next(r for r in statuses if r.status_code == 429)
+    with running(app) as base, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        body = {"messages": USER, "max_tokens": 8}
+        first = pool.submit(httpx.post, f"{base}/v1/chat/completions", json=body, timeout=120)
+        deadline = time.time() + 20
+        while httpx.get(f"{base}/health").json()["in_flight"] < 1 and time.time() < deadline:
+            time.sleep(0.05)
+        busy = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=120)
+        release.set()
+        assert busy.status_code == 429, busy.text
         assert "busy" in busy.json()["error"]["message"] and busy.json()["error"]["type"] == "rate_limit_error"
+        assert first.result().status_code == 200
+        assert httpx.post(f"{base}/v1/chat/completions", json=body, timeout=120).status_code == 200
 
 
 def test_a_dropped_streaming_client_frees_its_slot(engine, tool_model):
