@@ -140,21 +140,12 @@ def sides(o: argparse.Namespace, work: Path, model: str, system: str) -> dict[st
     ppo_batch = ["--per_device_train_batch_size", str(ppo_micro)]
     ppo_batch += ["--gradient_accumulation_steps", str(o.prompts // ppo_micro)]
     reward = str(work / "reward_model")
+    our_ppo = [*ours, *ppo_batch, "--sft_model_path", model, "--reward_model_path", reward]
+    our_ppo += ["--kl_coef", str(o.kl_coef), "--train_file_dir", str(work / "chat")]
+    our_ppo += ["--response_length", str(o.response_length), "--num_ppo_epochs", str(o.ppo_epochs)]
     return {
-        "ours PPO": (
-            "ppo_training.py",
-            o.prompts,
-            [*ours, *ppo_batch, "--sft_model_path", model, "--reward_model_path", reward, "--kl_coef", str(o.kl_coef)]
-            + ["--train_file_dir", str(work / "chat"), "--response_length", str(o.response_length)]
-            + ["--num_ppo_epochs", str(o.ppo_epochs)],
-        ),
-        "ours PPO value head": (
-            "ppo_training.py",
-            o.prompts,
-            [*ours, *ppo_batch, "--sft_model_path", model, "--reward_model_path", reward, "--kl_coef", str(o.kl_coef)]
-            + ["--train_file_dir", str(work / "chat"), "--response_length", str(o.response_length)]
-            + ["--num_ppo_epochs", str(o.ppo_epochs), "--value_head_on_policy", "True"],
-        ),
+        "ours PPO": ("ppo_training.py", o.prompts, our_ppo),
+        "ours PPO value head": ("ppo_training.py", o.prompts, [*our_ppo, "--value_head_on_policy", "True"]),
         "MedicalGPT RLOO": (
             "training/ppo_training.py",
             o.prompts,

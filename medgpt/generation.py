@@ -105,6 +105,6 @@ def lora_merged(model) -> Iterator[bool]:
         yield True
     finally:
         with torch.no_grad():
-            model.unmerge_adapter()
+            model.unmerge_adapter()  # peft's own bookkeeping (its layers unmerged again); its subtraction rounds,
             for weight, original in zip(weights, saved, strict=True):
-                weight.data.copy_(original)  # the exact weights, not the subtraction's rounding
+                weight.data.copy_(original)  # so the saved weights go back over it

@@ -499,13 +499,15 @@ class PPOTrainer(Trainer):
         """
         size = self.args.per_device_train_batch_size
         policy = self.accelerator.unwrap_model(model).policy
-        keep_first = self.accelerator.distributed_type != "DEEPSPEED"
         chunks, first = [], None
         for index, rows in enumerate(order.split(size)):
             q, qm, r = queries[rows], query_mask[rows], responses[rows]
-            with_graph = keep_first and index == 0
+            with_graph = index == 0 and not self.is_deepspeed_enabled
             grad = torch.enable_grad() if with_graph else torch.no_grad()
-            with grad, self.accumulating(model, last=self.args.gradient_accumulation_steps == 1 or not with_graph):
+            # The update's first micro-batch runs under the no_sync the update would give it.
+            last = self.args.gradient_accumulation_steps == 1
+            sync = self.accumulating(model, last) if with_graph else contextlib.nullcontext()
+            with grad, sync:
                 logits, values, (ids, attention, positions) = self.forward(model, q, qm, r)
                 logprobs = selective_log_softmax(logits, r)
             if with_graph:
@@ -524,7 +526,7 @@ class PPOTrainer(Trainer):
     def accumulating(self, model, last: bool):
         """The context of a micro-batch's forward and backward: gradients are synchronised across processes on the
         last micro-batch of an optimizer step only (DeepSpeed's engine decides that itself)."""
-        if last or self.accelerator.distributed_type == "DEEPSPEED":
+        if last or self.is_deepspeed_enabled:
             return contextlib.nullcontext()
         return self.accelerator.no_sync(model)
 
@@ -549,7 +551,7 @@ class PPOTrainer(Trainer):
         them (same rows, same weights: the same forward)."""
         args, ppo = self.args, self.ppo_args
         micro, steps = args.per_device_train_batch_size, args.gradient_accumulation_steps
-        deepspeed = self.accelerator.distributed_type == "DEEPSPEED"
+        deepspeed = self.is_deepspeed_enabled
         totals: dict[str, list[torch.Tensor]] = {}
         for epoch in range(ppo.num_ppo_epochs):
             if epoch:
