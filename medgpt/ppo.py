@@ -41,6 +41,7 @@ from medgpt import ppo_math
 from medgpt.errors import UserError
 from medgpt.generation import (
     cut_at_stop,
+    exact_sampling,
     generation_kwargs,
     lora_merged,
     sampling_exactly_as_given,
@@ -256,13 +257,12 @@ class PPOTrainer(Trainer):
             ref_policy.requires_grad_(False).eval().to(self.args.device)
         self.scorer, self.ppo_args = scorer, ppo_args
         # The template's stops end a rollout as they end a chat answer (medgpt.generation); sampling is on-policy:
-        # softmax(logits / temperature) over the whole vocabulary, nothing else.
+        # softmax(logits / temperature) over the whole vocabulary, nothing else (temperature 0 here: no sampling
+        # warpers; exact_sampling draws the tokens).
         self.stop_ids, self.stop_strings = stop_tokens(self.processing_class, stops)
         self.generate_kwargs = {
-            **generation_kwargs(
-                self.processing_class, stops, ppo_args.response_length, ppo_args.temperature, 1.0, 1.0
-            ),
-            "top_k": 0,
+            **generation_kwargs(self.processing_class, stops, ppo_args.response_length, 0.0, 1.0, 1.0),
+            **exact_sampling(ppo_args.temperature),
             "use_cache": True,
         }
         self.kl_ctl = ppo_math.AdaptiveKLController(ppo_args.kl_coef, ppo_args.kl_target, ppo_args.kl_horizon)

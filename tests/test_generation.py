@@ -1,11 +1,12 @@
-"""Rollouts generated with a LoRA adapter merged into the weights: the same function while merged, the exact base
-weights afterwards (the reference policy must not drift), and no merge where merging would change the policy."""
+"""Rollout generation: tokens drawn by inverse CDF from exactly softmax(logits / T), and a LoRA adapter merged into the
+weights: the same function while merged, the exact base weights afterwards (the reference policy must not drift), and
+no merge where merging would change the policy."""
 
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from medgpt.generation import lora_merged
+from medgpt.generation import InverseCdfSampler, exact_sampling, lora_merged
 
 
 def lora_model(model_dir, dtype: torch.dtype):
@@ -46,3 +47,33 @@ def test_low_precision_and_plain_models_run_unmerged(tiny_model_dir):
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     with lora_merged(plain) as merged:
         assert not merged
+
+
+def test_inverse_cdf_draws_follow_softmax_over_temperature():
+    torch.manual_seed(0)
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, float("-inf"), -1.0]).log_softmax(0)
+    rows = 40_000
+    for temperature in (1.0, 0.5):
+        scores = InverseCdfSampler(temperature)(None, logits.expand(rows, -1).clone())
+        assert (scores.isfinite().sum(1) == 1).all() and (scores.max(1).values == 0).all()
+        drawn = scores.argmax(1)
+        frequency = torch.bincount(drawn, minlength=6).double() / rows
+        expected = torch.softmax(logits.double() / temperature, 0)
+        sigma = (expected * (1 - expected) / rows).sqrt()
+        assert ((frequency - expected).abs() <= 5 * sigma + 1e-12).all(), (frequency, expected)
+        assert frequency[4] == 0, "a token of probability 0 is never drawn"
+
+
+def test_generate_with_exact_sampling_is_seeded_and_samples(tiny_model_dir):
+    model = lora_model(tiny_model_dir, torch.float32)
+    ids = torch.randint(3, 500, (2, 9))
+    settings = {"max_new_tokens": 12, "min_new_tokens": 12, **exact_sampling(1.0)}
+    with torch.no_grad():
+        torch.manual_seed(3)
+        first = model.generate(input_ids=ids, **settings)
+        torch.manual_seed(3)
+        again = model.generate(input_ids=ids, **settings)
+        torch.manual_seed(4)
+        other = model.generate(input_ids=ids, **settings)
+        greedy = model.generate(input_ids=ids, max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    assert torch.equal(first, again) and not torch.equal(first, other) and not torch.equal(first, greedy)

@@ -8,6 +8,7 @@ from conftest import assert_phase_seconds, record_sampling, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 import ppo_training
+from medgpt.generation import InverseCdfSampler
 from medgpt.ppo import PPOTrainer
 
 QUIET = ["--report_to", "none", "--disable_tqdm", "True", "--validation_split_percentage", "0"]
@@ -39,9 +40,24 @@ def ppo_argv(policy, reward_dir, prompts, out, *extra):
     ]  # fmt: skip
 
 
+def record_draws(monkeypatch) -> list:
+    """Every token the rollout sampler draws: (the log-distribution it drew from [B, V], the scores it returned)."""
+    draws = []
+    original = InverseCdfSampler.__call__
+
+    def call(self, input_ids, scores):
+        returned = original(self, input_ids, scores)
+        draws.append((torch.log_softmax(scores.float() / self.temperature, dim=-1), returned))
+        return returned
+
+    monkeypatch.setattr(InverseCdfSampler, "__call__", call)
+    return draws
+
+
 def test_rollout_log_probs_are_the_sampling_distributions(eos_padded_policy, reward_dir, tmp_path, monkeypatch):
     write_jsonl(tmp_path / "prompts" / "train.jsonl", PROMPTS)
-    sampled, rollouts = record_sampling(monkeypatch), record_rollouts(monkeypatch)
+    sampled, draws = record_sampling(monkeypatch), record_draws(monkeypatch)
+    rollouts = record_rollouts(monkeypatch)
     ppo_training.main(ppo_argv(eos_padded_policy, reward_dir, tmp_path / "prompts", tmp_path / "out"))
     assert len(sampled) == len(rollouts) == 2
     tokenizer = AutoTokenizer.from_pretrained(eos_padded_policy)
@@ -52,7 +68,10 @@ def test_rollout_log_probs_are_the_sampling_distributions(eos_padded_policy, rew
         hidden_turn_ends += int(turn_ends.sum())
         steps = scores.shape[1]
         assert torch.equal(sequences[:, queries.shape[1] :], responses[:, :steps])
-        sampling = torch.log_softmax(scores.float(), dim=-1).gather(-1, responses[:, :steps, None]).squeeze(-1)
+        drawn_from, returned = (torch.stack(parts, dim=1) for parts in zip(*draws[:steps], strict=True))
+        del draws[:steps]
+        assert torch.equal(returned, scores), "generate took the sampler's token, through no other processor"
+        sampling = drawn_from.gather(-1, responses[:, :steps, None]).squeeze(-1)
         real = sampling > -1e9  # generate's scores after a row finished are of no interest
         mask = torch.ones_like(real)
         for row, ids in enumerate(responses[:, :steps]):
@@ -64,6 +83,7 @@ def test_rollout_log_probs_are_the_sampling_distributions(eos_padded_policy, rew
             (logprobs[:, :steps][mask] - sampling[mask]).abs().max()
         )
     assert hidden_turn_ends >= 8, "every prompt has two turn ends (system, user) that equal the pad id"
+    assert not draws, "every draw belongs to a rollout"
     # The checkpoint's sampling settings are back on the saved model, for inference.
     saved = GenerationConfig.from_pretrained(eos_padded_policy)
     assert saved.repetition_penalty == 1.3 and saved.top_k == 5

