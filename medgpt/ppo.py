@@ -485,8 +485,13 @@ class PPOTrainer(Trainer):
         # The head runs on the response positions only (and the last prompt position, which predicts the first
         # answer token): the prompt's logits were never used, and the head is a quarter of a small model's forward.
         logits, values = model(input_ids, attention_mask, position_ids, logits_to_keep=responses.shape[1] + 1)
-        logits = logits[:, :-1].float() / (self.ppo_args.temperature + 1e-7)
-        return logits, values[:, queries.shape[1] - 1 : -1], (input_ids, attention_mask, position_ids)
+        inputs = (input_ids, attention_mask, position_ids)
+        return self.sampling_logits(logits), values[:, queries.shape[1] - 1 : -1], inputs
+
+    def sampling_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T + 1, V] kept from the last prompt position on -> [B, T, V] in float32 over the sampling
+        temperature: the distribution each response token was drawn from."""
+        return logits[:, :-1].float() / (self.ppo_args.temperature + 1e-7)
 
     def rollout_forward(self, model, queries, query_mask, responses, order: torch.Tensor):
         """Log-probs of the sampled tokens under the policy and the reference, values and entropies, all [B, T] in row
@@ -518,8 +523,8 @@ class PPOTrainer(Trainer):
                     ref_logits = reference(
                         input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=r.shape[1] + 1
                     ).logits
-                ref_logits = ref_logits[:, :-1].float() / (self.ppo_args.temperature + 1e-7)
-                chunks.append((logprobs.detach(), values.detach(), selective_log_softmax(ref_logits, r), entropy))
+                ref_logprobs = selective_log_softmax(self.sampling_logits(ref_logits), r)
+                chunks.append((logprobs.detach(), values.detach(), ref_logprobs, entropy))
         in_row_order = torch.argsort(order)
         return tuple(torch.cat(parts)[in_row_order] for parts in zip(*chunks, strict=True)), first
 
