@@ -51,8 +51,7 @@ class InverseCdfSampler(LogitsProcessor):
         self.temperature = temperature
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
-        cdf = probs.double().cumsum(-1)
+        cdf = torch.softmax(scores.double() / self.temperature, dim=-1).cumsum(-1)
         # u in [0, total): the first position whose cumulative sum passes u; a zero-probability entry never does.
         u = torch.rand(cdf.shape[0], 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
         tokens = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1)

@@ -504,13 +504,13 @@ class PPOTrainer(Trainer):
         """
         size = self.args.per_device_train_batch_size
         policy = self.accelerator.unwrap_model(model).policy
+        # The update's first micro-batch runs under the no_sync the update would give it.
+        last = self.args.gradient_accumulation_steps == 1
         chunks, first = [], None
         for index, rows in enumerate(order.split(size)):
             q, qm, r = queries[rows], query_mask[rows], responses[rows]
             with_graph = index == 0 and not self.is_deepspeed_enabled
             grad = torch.enable_grad() if with_graph else torch.no_grad()
-            # The update's first micro-batch runs under the no_sync the update would give it.
-            last = self.args.gradient_accumulation_steps == 1
             sync = self.accumulating(model, last) if with_graph else contextlib.nullcontext()
             with grad, sync:
                 logits, values, (ids, attention, positions) = self.forward(model, q, qm, r)
