@@ -5,7 +5,8 @@ creation, accelerate (DDP) and DeepSpeed wrapping, checkpoints (`_save_checkpoin
 TensorBoard logging and `trainer_state.json` are the Trainer's own. One step of the loop is one rollout batch:
 
   1. generate: answers to a batch of prompts, sampled with the KV cache, stopped at the template's stop token, with
-     a float32 LoRA adapter merged into the weights for the while (medgpt.generation.lora_merged);
+     a float32 LoRA adapter merged into the weights for the while (medgpt.generation.lora_merged), and on the CPU
+     over weights packed for the batch's decode steps (medgpt.generation.packed_for_batch);
   2. score: the reward model scores every finished answer (through text, in its own template); log-probs of the
      policy and of the reference (the policy with its adapter switched off), and the critic's values; the first
      micro-batch's forward keeps its graph, and the update backpropagates through it rather than repeating it;
@@ -44,6 +45,7 @@ from medgpt.generation import (
     exact_sampling,
     generation_kwargs,
     lora_merged,
+    packed_for_batch,
     sampling_exactly_as_given,
     stop_tokens,
 )
@@ -455,7 +457,11 @@ class PPOTrainer(Trainer):
         query_mask = batch["attention_mask"].to(self.args.device)
         with unwrap_model_for_generation(model, self.accelerator) as unwrapped:
             unwrapped.eval()
-            with sampling_exactly_as_given(unwrapped.policy), lora_merged(unwrapped.policy):
+            with (
+                sampling_exactly_as_given(unwrapped.policy),
+                lora_merged(unwrapped.policy),
+                packed_for_batch(unwrapped.policy, queries.shape[0]),
+            ):
                 output = unwrapped.policy.generate(
                     input_ids=queries, attention_mask=query_mask, **self.generate_kwargs
                 )

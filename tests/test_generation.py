@@ -1,12 +1,14 @@
 """Rollout generation: tokens drawn by inverse CDF from exactly softmax(logits / T), and a LoRA adapter merged into the
 weights: the same function while merged, the exact base weights afterwards (the reference policy must not drift), and
-no merge where merging would change the policy."""
+no merge where merging would change the policy; batched decoding over weights packed for the batch size computes the
+same answers."""
 
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from medgpt.generation import InverseCdfSampler, exact_sampling, lora_merged
+from medgpt.generation import InverseCdfSampler, exact_sampling, lora_merged, packed_for_batch
 
 
 def lora_model(model_dir, dtype: torch.dtype):
@@ -77,3 +79,56 @@ def test_generate_with_exact_sampling_is_seeded_and_samples(tiny_model_dir):
         other = model.generate(input_ids=ids, **settings)
         greedy = model.generate(input_ids=ids, max_new_tokens=12, min_new_tokens=12, do_sample=False)
     assert torch.equal(first, again) and not torch.equal(first, other) and not torch.equal(first, greedy)
+
+
+def greedy_with_logits(model, ids):
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
+    return out.sequences, torch.stack(out.logits, 1)
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="MKL's packed GEMM is an x86 CPU build's")
+def test_packed_decoding_gives_the_same_answers_and_leaves_training_alone(tiny_model_dir, monkeypatch):
+    model = lora_model(tiny_model_dir, torch.float32)
+    ids = torch.randint(3, 500, (4, 9))
+    plain_ids, plain_logits = greedy_with_logits(model, ids)
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    calls = []
+    packed_op = torch.ops.mkl._mkl_linear
+    monkeypatch.setattr(torch.ops.mkl, "_mkl_linear", lambda *args: calls.append(args[0].shape) or packed_op(*args))
+    with lora_merged(model), packed_for_batch(model, 4) as packed:
+        assert packed
+        packed_ids, packed_logits = greedy_with_logits(model, ids)
+    assert torch.equal(packed_ids, plain_ids)
+    torch.testing.assert_close(packed_logits, plain_logits, atol=1e-5, rtol=1e-5)
+    # Every weight the merged model reads (the head too) went through the packed GEMM at each of the 5 decode steps
+    # after the prompt's, and only for 4 rows: the prompt's 4 x 9 rows took the plain one.
+    assert len(calls) >= 5 * len([name for name in linears if "lora_" not in name])
+    assert all(shape[:-1].numel() == 4 for shape in calls)
+    assert not any("forward" in vars(m) for m in linears.values())  # restored
+
+    # Training inside the block takes the plain matmul, whose backward exists: the same gradients.
+    def adapter_gradients():
+        model.zero_grad()
+        model(input_ids=ids).logits.square().mean().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+
+    plain_gradients = adapter_gradients()
+    calls.clear()
+    with packed_for_batch(model, 4):
+        assert adapter_gradients().keys() == plain_gradients.keys()
+        for name, gradient in adapter_gradients().items():
+            torch.testing.assert_close(gradient, plain_gradients[name], msg=name)
+    assert not calls
+
+
+def test_single_sequences_and_low_precision_are_not_packed(tiny_model_dir):
+    model = lora_model(tiny_model_dir, torch.float32)
+    with packed_for_batch(model, 1) as packed:
+        assert not packed  # one row gains nothing from a packed weight
+    half = lora_model(tiny_model_dir, torch.bfloat16)
+    with packed_for_batch(half, 8) as packed:
+        assert not packed
+    assert not any("forward" in vars(m) for m in [*model.modules(), *half.modules()])
