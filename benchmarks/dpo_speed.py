@@ -21,9 +21,9 @@ import json
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
+from scratch import KEEP_HELP, scratch
 from sft_speed import ROOT, run
 
 SAMPLE = ROOT.parent / "shared" / "reference" / "medicalgpt-data" / "reward" / "dpo_zh_500.jsonl"
@@ -89,85 +89,98 @@ def main() -> None:
     parser.add_argument("--max_target_length", type=int, default=192, help="Answer tokens")
     parser.add_argument("--medicalgpt", help="A MedicalGPT checkout: also run its training/dpo_training.py")
     parser.add_argument("--json", default="outputs/benchmarks/dpo_speed.json")
+    parser.add_argument("--keep_work", action="store_true", help=KEEP_HELP)
     options = parser.parse_args()
     source, target = options.max_source_length, options.max_target_length
     model = str(Path(options.model).resolve())
 
-    work = Path(tempfile.mkdtemp(prefix="dpo-bench-"))
-    (work / "pairs").mkdir()
-    lines = Path(options.data).read_text(encoding="utf-8").splitlines()
-    if options.medicalgpt:
-        from transformers import AutoTokenizer
+    with scratch("dpo-bench-", report=options.json, keep=options.keep_work) as work:
+        (work / "pairs").mkdir()
+        lines = Path(options.data).read_text(encoding="utf-8").splitlines()
+        if options.medicalgpt:
+            from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(model)
-        lines = [line for line in lines if whole_for_both(json.loads(line), tokenizer, source, target)]
-        print(f"{len(lines)} pairs of {options.data} fit both sides whole at {source}+{target} tokens")
-        if not lines:
-            sys.exit("no pair fits both sides whole: raise --max_source_length / --max_target_length")
-    lines = lines[: options.pairs]
-    print(f"{len(lines)} pairs, batch {options.batch}, {options.steps} steps", flush=True)
-    (work / "pairs" / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(work / "cache")}
-    shared = ["--model_name_or_path", model, "--train_file_dir", str(work / "pairs"), "--template_name", "chatml"]
-    shared += ["--max_steps", str(options.steps), "--per_device_train_batch_size", str(options.batch)]
-    shared += ["--gradient_accumulation_steps", "1", "--max_source_length", str(source)]
-    shared += ["--max_target_length", str(target), "--validation_split_percentage", "0", "--torch_dtype", "float32"]
-    # TRL's configs default to bf16=True, which on a CPU means bf16 autocast: fp32 has to be asked for.
-    shared += ["--bf16", "False", "--fp16", "False", "--gradient_checkpointing", "True", "--use_peft", "True"]
-    shared += ["--target_modules", "all", "--lora_rank", "8", "--lora_alpha", "16", "--lora_dropout", "0.05"]
-    shared += ["--eval_strategy", "no", "--logging_steps", "1000", "--report_to", "none"]
-    # MedicalGPT's script has no --save_strategy (unknown flags are ignored), so its Trainer saves a checkpoint
-    # after the last step, inside train_runtime; ours then saves one there too, and nothing else in between.
-    saves = ["--save_strategy", "steps", "--save_steps", str(options.steps)] if options.medicalgpt else []
-    ours = [*shared, "--max_length", str(source + target), "--disable_tqdm", "True"]
-    ours += saves or ["--save_strategy", "no"]
-    runs = [
-        ("reference forward every step", ["--precompute_ref_log_probs", "False"]),
-        ("precompute + cache (first run)", ["--precompute_ref_log_probs", "True"]),
-        ("cached reference log-probs", ["--precompute_ref_log_probs", "True"]),
-    ]
-    results = []
-    for index, (name, flags) in enumerate(runs):
-        out = work / f"run{index}"
-        command = [sys.executable, "dpo_training.py", *ours, *flags, "--output_dir", str(out)]
-        results.append(measure(name, out, *run(command, ROOT, env, work / f"run{index}.log")))
-        print(row(results[-1]), flush=True)
-    trained_pairs = None
-    if options.medicalgpt:
-        from peers import python
+            tokenizer = AutoTokenizer.from_pretrained(model)
+            lines = [line for line in lines if whole_for_both(json.loads(line), tokenizer, source, target)]
+            print(f"{len(lines)} pairs of {options.data} fit both sides whole at {source}+{target} tokens")
+            if not lines:
+                sys.exit("no pair fits both sides whole: raise --max_source_length / --max_target_length")
+        lines = lines[: options.pairs]
+        print(f"{len(lines)} pairs, batch {options.batch}, {options.steps} steps", flush=True)
+        (work / "pairs" / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "HF_DATASETS_CACHE": str(work / "cache"),
+        }
+        shared = ["--model_name_or_path", model, "--train_file_dir", str(work / "pairs"), "--template_name", "chatml"]
+        shared += ["--max_steps", str(options.steps), "--per_device_train_batch_size", str(options.batch)]
+        shared += ["--gradient_accumulation_steps", "1", "--max_source_length", str(source)]
+        shared += [
+            "--max_target_length",
+            str(target),
+            "--validation_split_percentage",
+            "0",
+            "--torch_dtype",
+            "float32",
+        ]
+        # TRL's configs default to bf16=True, which on a CPU means bf16 autocast: fp32 has to be asked for.
+        shared += ["--bf16", "False", "--fp16", "False", "--gradient_checkpointing", "True", "--use_peft", "True"]
+        shared += ["--target_modules", "all", "--lora_rank", "8", "--lora_alpha", "16", "--lora_dropout", "0.05"]
+        shared += ["--eval_strategy", "no", "--logging_steps", "1000", "--report_to", "none"]
+        # MedicalGPT's script has no --save_strategy (unknown flags are ignored), so its Trainer saves a checkpoint
+        # after the last step, inside train_runtime; ours then saves one there too, and nothing else in between.
+        saves = ["--save_strategy", "steps", "--save_steps", str(options.steps)] if options.medicalgpt else []
+        ours = [*shared, "--max_length", str(source + target), "--disable_tqdm", "True"]
+        ours += saves or ["--save_strategy", "no"]
+        runs = [
+            ("reference forward every step", ["--precompute_ref_log_probs", "False"]),
+            ("precompute + cache (first run)", ["--precompute_ref_log_probs", "True"]),
+            ("cached reference log-probs", ["--precompute_ref_log_probs", "True"]),
+        ]
+        results = []
+        for index, (name, flags) in enumerate(runs):
+            out = work / f"run{index}"
+            command = [sys.executable, "dpo_training.py", *ours, *flags, "--output_dir", str(out)]
+            results.append(measure(name, out, *run(command, ROOT, env, work / f"run{index}.log")))
+            print(row(results[-1]), flush=True)
+        trained_pairs = None
+        if options.medicalgpt:
+            from peers import python
 
-        out = work / "medicalgpt"
-        command = [python("medicalgpt"), "training/dpo_training.py", *shared, *saves, "--do_train"]
-        command += ["--remove_unused_columns", "False", "--output_dir", str(out)]  # as its run_dpo.sh sets it
-        log = work / "medicalgpt.log"
-        results.append(measure("MedicalGPT", out, *run(command, Path(options.medicalgpt).resolve(), env, log)))
-        # Its train_samples metric counts pairs before its length filter; the log line counts those it kept.
-        kept = re.search(r"Num train_samples: (\d+)", log.read_text(errors="replace"))
-        trained_pairs = int(kept.group(1)) if kept else None
-        if trained_pairs != len(lines):
-            print(f"MedicalGPT kept {trained_pairs} of the {len(lines)} pairs: the step times do not compare")
-        reference = results[-1]
-        for result in results[:-1]:
-            if result["ok"] and reference["ok"]:
-                result["speedup_vs_medicalgpt"] = reference["seconds_per_step"] / result["seconds_per_step"]
-                result["memory_vs_medicalgpt"] = result["peak_rss_gb"] / reference["peak_rss_gb"]
-        print()
-        for result in results:
-            print(row(result))
-        print(f"target: our DPO step >= {TARGET_SPEEDUP:.1f}x as fast as MedicalGPT's")
-    summary = {
-        "pairs": len(lines),
-        "medicalgpt_trained_pairs": trained_pairs,
-        "max_steps": options.steps,
-        "batch": options.batch,
-        "max_source_length": source,
-        "max_target_length": target,
-        "final_checkpoint_in_train_runtime": bool(options.medicalgpt),
-        "results": results,
-    }
-    Path(options.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(options.json).write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\nJSON: {options.json}")
+            out = work / "medicalgpt"
+            command = [python("medicalgpt"), "training/dpo_training.py", *shared, *saves, "--do_train"]
+            command += ["--remove_unused_columns", "False", "--output_dir", str(out)]  # as its run_dpo.sh sets it
+            log = work / "medicalgpt.log"
+            results.append(measure("MedicalGPT", out, *run(command, Path(options.medicalgpt).resolve(), env, log)))
+            # Its train_samples metric counts pairs before its length filter; the log line counts those it kept.
+            kept = re.search(r"Num train_samples: (\d+)", log.read_text(errors="replace"))
+            trained_pairs = int(kept.group(1)) if kept else None
+            if trained_pairs != len(lines):
+                print(f"MedicalGPT kept {trained_pairs} of the {len(lines)} pairs: the step times do not compare")
+            reference = results[-1]
+            for result in results[:-1]:
+                if result["ok"] and reference["ok"]:
+                    result["speedup_vs_medicalgpt"] = reference["seconds_per_step"] / result["seconds_per_step"]
+                    result["memory_vs_medicalgpt"] = result["peak_rss_gb"] / reference["peak_rss_gb"]
+            print()
+            for result in results:
+                print(row(result))
+            print(f"target: our DPO step >= {TARGET_SPEEDUP:.1f}x as fast as MedicalGPT's")
+        summary = {
+            "pairs": len(lines),
+            "medicalgpt_trained_pairs": trained_pairs,
+            "max_steps": options.steps,
+            "batch": options.batch,
+            "max_source_length": source,
+            "max_target_length": target,
+            "final_checkpoint_in_train_runtime": bool(options.medicalgpt),
+            "results": results,
+        }
+        Path(options.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(options.json).write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"\nJSON: {options.json}")
 
 
 if __name__ == "__main__":

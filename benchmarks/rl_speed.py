@@ -35,10 +35,10 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import peers
+from scratch import KEEP_HELP, scratch
 from sft_speed import ROOT, run
 
 PHASES = ("generate", "score", "rollout_forward", "update")
@@ -318,27 +318,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="Rounds of every side, run in rotation")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of every side (default: torch's, every core)")
     parser.add_argument("--json", default="outputs/benchmarks/rl_speed.json")
+    parser.add_argument("--keep_work", action="store_true", help=KEEP_HELP)
     o = parser.parse_args()
     if problems(o):
         parser.error("; ".join(problems(o)))
 
-    work = Path(tempfile.mkdtemp(prefix="rl-bench-"))
-    model = str(Path(o.model).resolve())
-    checkout = Path(o.medicalgpt).resolve() if o.medicalgpt else None
-    # Every side gets MedicalGPT's GRPO system prompt (our GRPO's own without a checkout).
-    system_source = checkout / "training" / "grpo_training.py" if checkout else ROOT / "grpo_training.py"
-    system = string_constant(system_source, "SYSTEM_PROMPT" if checkout else "THINK_THEN_ANSWER")
-    rows = write_prompts(Path(o.data), work, system)
-    make_reward_model(model, work / "reward_model")
-    print(f"{o.model}: {rows} prompts, {o.steps} steps, work folder {work}", flush=True)
-    results = run_sides(o, work, model, checkout, system)
-    compare(results)
-    print()
-    print(table(results))
-    settings = {key: value for key, value in vars(o).items() if key != "json"}
-    Path(o.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(o.json).write_text(json.dumps({"settings": settings, "results": list(results.values())}, indent=2) + "\n")
-    print(f"\nJSON: {o.json}")
+    with scratch("rl-bench-", report=o.json, keep=o.keep_work) as work:
+        model = str(Path(o.model).resolve())
+        checkout = Path(o.medicalgpt).resolve() if o.medicalgpt else None
+        # Every side gets MedicalGPT's GRPO system prompt (our GRPO's own without a checkout).
+        system_source = checkout / "training" / "grpo_training.py" if checkout else ROOT / "grpo_training.py"
+        system = string_constant(system_source, "SYSTEM_PROMPT" if checkout else "THINK_THEN_ANSWER")
+        rows = write_prompts(Path(o.data), work, system)
+        make_reward_model(model, work / "reward_model")
+        print(f"{o.model}: {rows} prompts, {o.steps} steps, work folder {work}", flush=True)
+        results = run_sides(o, work, model, checkout, system)
+        compare(results)
+        print()
+        print(table(results))
+        settings = {key: value for key, value in vars(o).items() if key != "json"}
+        Path(o.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(o.json).write_text(json.dumps({"settings": settings, "results": list(results.values())}, indent=2) + "\n")
+        print(f"\nJSON: {o.json}")
 
 
 if __name__ == "__main__":

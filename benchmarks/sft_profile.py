@@ -16,8 +16,9 @@ import json
 import os
 import runpy
 import sys
-import tempfile
 from pathlib import Path
+
+from scratch import KEEP_HELP, scratch
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "reference" / "medicalgpt-data" / "sft" / "medical_sft_1K_format.jsonl"
@@ -43,39 +44,40 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=16)
     parser.add_argument("--json", default="outputs/benchmarks/sft_profile.json")
     parser.add_argument("--flags", nargs=argparse.REMAINDER, default=[], help="More supervised_finetuning.py flags")
+    parser.add_argument("--keep_work", action="store_true", help=KEEP_HELP)
     options = parser.parse_args()
     os.environ.setdefault("MEDGPT_ALLOCATOR", "system")  # profile in this process: no restart with tcmalloc
 
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    work = Path(tempfile.mkdtemp(prefix="sft-profile-"))
-    (work / "data").mkdir()
-    rows = Path(options.data).read_text(encoding="utf-8").splitlines()[: options.rows]
-    (work / "data" / "train.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    argv = ["--model_name_or_path", str(Path(options.model).resolve()), "--train_file_dir", str(work / "data")]
-    argv += ["--template_name", "chatml", "--model_max_length", "512", "--per_device_train_batch_size", "4"]
-    argv += ["--use_peft", "True", "--target_modules", "all", "--lora_rank", "8", "--lora_alpha", "16"]
-    argv += ["--torch_dtype", "float32", "--validation_split_percentage", "0", "--save_strategy", "no"]
-    argv += ["--report_to", "none", "--disable_tqdm", "True", "--output_dir", str(work / "out"), *options.flags]
-    sys.argv = ["supervised_finetuning.py", *argv]
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        try:  # the script as a user runs it, in this process
-            runpy.run_path(str(ROOT / "supervised_finetuning.py"), run_name="__main__")
-        except SystemExit as done:
-            if done.code:
-                raise
-    seconds: collections.Counter = collections.Counter()
-    for event in profiler.key_averages():
-        seconds[kind_of(event.key)] += event.self_cpu_time_total / 1e6
-    total = sum(seconds.values())
-    print(f"{'kind':<32} {'self CPU s':>10} {'share':>7}   ({torch.get_num_threads()} threads)")
-    for kind, value in seconds.most_common():
-        print(f"{kind:<32} {value:10.1f} {value / total:7.1%}")
-    top = sorted(profiler.key_averages(), key=lambda e: -e.self_cpu_time_total)[:15]
-    print("\nslowest operators: " + ", ".join(f"{e.key} {e.self_cpu_time_total / 1e6:.1f} s" for e in top))
-    Path(options.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(options.json).write_text(json.dumps({"seconds": dict(seconds), "argv": argv}, indent=2) + "\n")
+    with scratch("sft-profile-", keep=options.keep_work) as work:
+        (work / "data").mkdir()
+        rows = Path(options.data).read_text(encoding="utf-8").splitlines()[: options.rows]
+        (work / "data" / "train.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        argv = ["--model_name_or_path", str(Path(options.model).resolve()), "--train_file_dir", str(work / "data")]
+        argv += ["--template_name", "chatml", "--model_max_length", "512", "--per_device_train_batch_size", "4"]
+        argv += ["--use_peft", "True", "--target_modules", "all", "--lora_rank", "8", "--lora_alpha", "16"]
+        argv += ["--torch_dtype", "float32", "--validation_split_percentage", "0", "--save_strategy", "no"]
+        argv += ["--report_to", "none", "--disable_tqdm", "True", "--output_dir", str(work / "out"), *options.flags]
+        sys.argv = ["supervised_finetuning.py", *argv]
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            try:  # the script as a user runs it, in this process
+                runpy.run_path(str(ROOT / "supervised_finetuning.py"), run_name="__main__")
+            except SystemExit as done:
+                if done.code:
+                    raise
+        seconds: collections.Counter = collections.Counter()
+        for event in profiler.key_averages():
+            seconds[kind_of(event.key)] += event.self_cpu_time_total / 1e6
+        total = sum(seconds.values())
+        print(f"{'kind':<32} {'self CPU s':>10} {'share':>7}   ({torch.get_num_threads()} threads)")
+        for kind, value in seconds.most_common():
+            print(f"{kind:<32} {value:10.1f} {value / total:7.1%}")
+        top = sorted(profiler.key_averages(), key=lambda e: -e.self_cpu_time_total)[:15]
+        print("\nslowest operators: " + ", ".join(f"{e.key} {e.self_cpu_time_total / 1e6:.1f} s" for e in top))
+        Path(options.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(options.json).write_text(json.dumps({"seconds": dict(seconds), "argv": argv}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -20,12 +20,12 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import peers
+from scratch import KEEP_HELP, scratch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="Rounds of every side, run in rotation")
     parser.add_argument("--peers_dir", default=str(peers.PEERS_DIR), help="Where the peers' environments live")
     parser.add_argument("--json", default="outputs/benchmarks/sft_speed.json")
+    parser.add_argument("--keep_work", action="store_true", help=KEEP_HELP)
     options = parser.parse_args()
     if "all" in options.configs:
         options.configs = list(CONFIGS)
@@ -110,39 +111,39 @@ def main() -> None:
     if unknown or ("medicalgpt" in chosen and not options.medicalgpt):
         parser.error(f"--peers {options.peers}: choose from {', '.join(PEERS)}; medicalgpt also needs --medicalgpt")
 
-    work = Path(tempfile.mkdtemp(prefix="sft-bench-"))
-    lines = Path(options.data).read_text(encoding="utf-8").splitlines()[: options.rows]
-    (work / "data").mkdir()
-    (work / "data" / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("MEDGPT_ALLOCATOR", None)
-    env["HF_DATASETS_CACHE"] = str(work / "cache")
-    tokens = supervised_tokens(options.model, work / "data", options.length)
-    setup = Setup(str(Path(options.model).resolve()), work, options.batch, options.length, options.medicalgpt)
+    with scratch("sft-bench-", report=options.json, keep=options.keep_work) as work:
+        lines = Path(options.data).read_text(encoding="utf-8").splitlines()[: options.rows]
+        (work / "data").mkdir()
+        (work / "data" / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env.pop("MEDGPT_ALLOCATOR", None)
+        env["HF_DATASETS_CACHE"] = str(work / "cache")
+        tokens = supervised_tokens(options.model, work / "data", options.length)
+        setup = Setup(str(Path(options.model).resolve()), work, options.batch, options.length, options.medicalgpt)
 
-    sides = {f"ours: {name}": (ROOT, *ours(setup, name)) for name in options.configs}
-    for peer in chosen:
-        python = peers.python(peer, Path(options.peers_dir))
-        for name, (folder, command, extra_env) in PEERS[peer](setup, python).items():
-            sides[name] = (folder, command, extra_env)
-    runs: dict[str, list[dict]] = {name: [] for name in sides}
-    for round_ in range(options.repeats):
-        for name, (folder, command, extra_env) in sides.items():
-            out = work / f"{''.join(c if c.isalnum() else '_' for c in name)}-{round_}"
-            full = [*command, *output_flags(command, out)]
-            wall, peak, code = run(full, folder, {**env, **extra_env}, work / f"{out.name}.log")
-            runs[name].append(measure(name, out, wall, peak, code, tokens))
-            print(row(runs[name][-1]), flush=True)
-    results = [median_of(name, measured) for name, measured in runs.items()]
-    print()
-    print(table(results, tokens, options.repeats))
-    print()
-    print(ratios(results))
-    environments = {peer: peers.freeze(peer, Path(options.peers_dir)) for peer in ["ours", *chosen]}
-    Path(options.json).parent.mkdir(parents=True, exist_ok=True)
-    report = {"supervised_tokens": tokens, "results": results, "runs": runs, "environments": environments}
-    Path(options.json).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nJSON: {options.json}")
+        sides = {f"ours: {name}": (ROOT, *ours(setup, name)) for name in options.configs}
+        for peer in chosen:
+            python = peers.python(peer, Path(options.peers_dir))
+            for name, (folder, command, extra_env) in PEERS[peer](setup, python).items():
+                sides[name] = (folder, command, extra_env)
+        runs: dict[str, list[dict]] = {name: [] for name in sides}
+        for round_ in range(options.repeats):
+            for name, (folder, command, extra_env) in sides.items():
+                out = work / f"{''.join(c if c.isalnum() else '_' for c in name)}-{round_}"
+                full = [*command, *output_flags(command, out)]
+                wall, peak, code = run(full, folder, {**env, **extra_env}, work / f"{out.name}.log")
+                runs[name].append(measure(name, out, wall, peak, code, tokens))
+                print(row(runs[name][-1]), flush=True)
+        results = [median_of(name, measured) for name, measured in runs.items()]
+        print()
+        print(table(results, tokens, options.repeats))
+        print()
+        print(ratios(results))
+        environments = {peer: peers.freeze(peer, Path(options.peers_dir)) for peer in ["ours", *chosen]}
+        Path(options.json).parent.mkdir(parents=True, exist_ok=True)
+        report = {"supervised_tokens": tokens, "results": results, "runs": runs, "environments": environments}
+        Path(options.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nJSON: {options.json}")
 
 
 @dataclass

@@ -17,10 +17,10 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+from scratch import KEEP_HELP, scratch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from medgpt import vocabulary
@@ -69,68 +69,72 @@ def main() -> None:
     parser.add_argument("--vocab_size", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--pt_epochs", type=float, default=2, help="Continued pre-training for the held-out loss.")
+    parser.add_argument("--keep_work", action="store_true", help=KEEP_HELP)
     options = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="vocab-bench-"))
-    py = sys.executable
-    subprocess.run(
-        [py, "tools/build_domain_tokenizer.py", "--in_file", "data/pretrain", "--domain_sp_model_name",
-         str(work / "sp"), "--vocab_size", str(options.vocab_size)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    lines = (ROOT / "data/eval/pretrain/heldout.txt").read_text(encoding="utf-8").splitlines()
-    chinese = "\n".join(line for line in lines if CJK.search(line))
-    english = "\n".join(line for line in lines if line.strip() and not CJK.search(line))
-    (work / "zh.txt").write_text(chinese, encoding="utf-8")
-    merge = subprocess.run(
-        [py, "tools/merge_tokenizers.py", "--base_tokenizer_dir", options.model, "--domain_sp_model_file",
-         str(work / "sp.model"), "--word_file", "data/vocab/medical_terms_zh.txt", "--held_out_file",
-         str(work / "zh.txt"), "--output_dir", str(work / "merged")],
-        check=True, cwd=ROOT, capture_output=True, text=True,
-    )  # fmt: skip
-    print("merge:", merge.stdout)
-    base_tok, merged = AutoTokenizer.from_pretrained(options.model), AutoTokenizer.from_pretrained(work / "merged")
-    print(f"English held-out tokens/char: {vocabulary.tokens_per_char(base_tok, english):.4f} -> "
-          f"{vocabulary.tokens_per_char(merged, english):.4f}")  # fmt: skip
-    model = AutoModelForCausalLM.from_pretrained(options.model, dtype=torch.float32).eval()
-    base_en, base_zh = loss(model, base_tok, english), loss(model, base_tok, chinese)
-    vocabulary.grow_embeddings(model, merged)
-    # Old text in old tokens: what the new rows can change is only the softmax share they take.
-    grown_en, merged_en = loss(model, base_tok, english), loss(model, merged, english)
-    mean_zh = loss(model, merged, chinese)
-    random_model = AutoModelForCausalLM.from_pretrained(options.model, dtype=torch.float32).eval()
-    random_model.resize_token_embeddings(len(merged), pad_to_multiple_of=64, mean_resizing=False)
-    random_zh = loss(random_model, merged, chinese)
-    print(f"step-0 loss, English held-out (old tokens): base {base_en:.5f}, grown {grown_en:.5f}, "
-          f"difference {grown_en - base_en:+.2e} nats; encoded with the merged tokenizer {merged_en:.5f}")  # fmt: skip
-    print(f"step-0 loss, Chinese held-out: base tokenizer {base_zh:.3f}; merged tokenizer with mean-initialised rows "
-          f"{mean_zh:.3f}, with random rows {random_zh:.3f} (per token)")  # fmt: skip
-    common = [py, "pretraining.py", "--model_name_or_path", options.model, "--tokenizer_name_or_path",
-              str(work / "merged"), "--train_file_dir", "data/pretrain", "--block_size", "256",
-              "--per_device_train_batch_size", "2", "--save_strategy", "no",
-              "--report_to", "none", "--validation_split_percentage", "0", "--disable_tqdm", "True"]  # fmt: skip
-    figures = {}
-    for name, flags in (
-        ("--train_new_token_rows True", ["--train_new_token_rows", "True"]),
-        ("--modules_to_save embed_tokens,lm_head", ["--modules_to_save", "embed_tokens,lm_head"]),
-    ):
-        out = ["--output_dir", str(work / name.split()[0].strip("-"))]
-        figures[name] = peak_rss_mib([*common, "--max_steps", str(options.steps), *flags, *out])
-        print(f"peak RSS with {name}: {figures[name]:.0f} MiB ({options.steps} steps, block 256, batch 2)")
-    print(json.dumps(figures))
-    if options.pt_epochs:
-        adapter, grown = work / "pt-new-rows", work / "pt-new-rows-merged"
-        pt = [*common, "--num_train_epochs", str(options.pt_epochs)]
+    with scratch("vocab-bench-", keep=options.keep_work) as work:
+        py = sys.executable
         subprocess.run(
-            [*pt, "--train_new_token_rows", "True", "--learning_rate", "2e-4", "--output_dir", str(adapter)],
+            [py, "tools/build_domain_tokenizer.py", "--in_file", "data/pretrain", "--domain_sp_model_name",
+             str(work / "sp"), "--vocab_size", str(options.vocab_size)],
             check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        subprocess.run(
-            [py, "merge_peft_adapter.py", "--base_model", options.model, "--lora_model", str(adapter),
-             "--output_dir", str(grown), "--resize_emb"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
+        lines = (ROOT / "data/eval/pretrain/heldout.txt").read_text(encoding="utf-8").splitlines()
+        chinese = "\n".join(line for line in lines if CJK.search(line))
+        english = "\n".join(line for line in lines if line.strip() and not CJK.search(line))
+        (work / "zh.txt").write_text(chinese, encoding="utf-8")
+        merge = subprocess.run(
+            [py, "tools/merge_tokenizers.py", "--base_tokenizer_dir", options.model, "--domain_sp_model_file",
+             str(work / "sp.model"), "--word_file", "data/vocab/medical_terms_zh.txt", "--held_out_file",
+             str(work / "zh.txt"), "--output_dir", str(work / "merged")],
+            check=True, cwd=ROOT, capture_output=True, text=True,
         )  # fmt: skip
-        print(f"held-out Chinese, base model and tokenizer: {heldout(options.model, base_tok, chinese)}")
-        print(f"held-out Chinese, grown model at step 0: {heldout(options.model, merged, chinese)}")
-        print(f"held-out Chinese, after {options.pt_epochs:g} epochs of new-row PT, merged: "
-              f"{heldout(grown, merged, chinese)}")  # fmt: skip
+        print("merge:", merge.stdout)
+        base_tok, merged = AutoTokenizer.from_pretrained(options.model), AutoTokenizer.from_pretrained(work / "merged")
+        print(f"English held-out tokens/char: {vocabulary.tokens_per_char(base_tok, english):.4f} -> "
+              f"{vocabulary.tokens_per_char(merged, english):.4f}")  # fmt: skip
+        model = AutoModelForCausalLM.from_pretrained(options.model, dtype=torch.float32).eval()
+        base_en, base_zh = loss(model, base_tok, english), loss(model, base_tok, chinese)
+        vocabulary.grow_embeddings(model, merged)
+        # Old text in old tokens: what the new rows can change is only the softmax share they take.
+        grown_en, merged_en = loss(model, base_tok, english), loss(model, merged, english)
+        mean_zh = loss(model, merged, chinese)
+        random_model = AutoModelForCausalLM.from_pretrained(options.model, dtype=torch.float32).eval()
+        random_model.resize_token_embeddings(len(merged), pad_to_multiple_of=64, mean_resizing=False)
+        random_zh = loss(random_model, merged, chinese)
+        print(f"step-0 loss, English held-out (old tokens): base {base_en:.5f}, grown {grown_en:.5f}, "
+              f"difference {grown_en - base_en:+.2e} nats; "
+              f"encoded with the merged tokenizer {merged_en:.5f}")  # fmt: skip
+        print(f"step-0 loss, Chinese held-out: base tokenizer {base_zh:.3f}; "
+              f"merged tokenizer with mean-initialised rows "
+              f"{mean_zh:.3f}, with random rows {random_zh:.3f} (per token)")  # fmt: skip
+        common = [py, "pretraining.py", "--model_name_or_path", options.model, "--tokenizer_name_or_path",
+                  str(work / "merged"), "--train_file_dir", "data/pretrain", "--block_size", "256",
+                  "--per_device_train_batch_size", "2", "--save_strategy", "no",
+                  "--report_to", "none", "--validation_split_percentage", "0", "--disable_tqdm", "True"]  # fmt: skip
+        figures = {}
+        for name, flags in (
+            ("--train_new_token_rows True", ["--train_new_token_rows", "True"]),
+            ("--modules_to_save embed_tokens,lm_head", ["--modules_to_save", "embed_tokens,lm_head"]),
+        ):
+            out = ["--output_dir", str(work / name.split()[0].strip("-"))]
+            figures[name] = peak_rss_mib([*common, "--max_steps", str(options.steps), *flags, *out])
+            print(f"peak RSS with {name}: {figures[name]:.0f} MiB ({options.steps} steps, block 256, batch 2)")
+        print(json.dumps(figures))
+        if options.pt_epochs:
+            adapter, grown = work / "pt-new-rows", work / "pt-new-rows-merged"
+            pt = [*common, "--num_train_epochs", str(options.pt_epochs)]
+            subprocess.run(
+                [*pt, "--train_new_token_rows", "True", "--learning_rate", "2e-4", "--output_dir", str(adapter)],
+                check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+            subprocess.run(
+                [py, "merge_peft_adapter.py", "--base_model", options.model, "--lora_model", str(adapter),
+                 "--output_dir", str(grown), "--resize_emb"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+            print(f"held-out Chinese, base model and tokenizer: {heldout(options.model, base_tok, chinese)}")
+            print(f"held-out Chinese, grown model at step 0: {heldout(options.model, merged, chinese)}")
+            print(f"held-out Chinese, after {options.pt_epochs:g} epochs of new-row PT, merged: "
+                  f"{heldout(grown, merged, chinese)}")  # fmt: skip
 
 
 if __name__ == "__main__":

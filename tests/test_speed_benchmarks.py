@@ -25,7 +25,30 @@ def load(name: str):
 @pytest.fixture(scope="module")
 def sft_speed():
     load("peers")
+    load("scratch")
     return load("sft_speed")
+
+
+def test_scratch_keeps_the_logs_beside_the_report_and_removes_the_rest(tmp_path, capsys):
+    scratch = load("scratch")
+    report = tmp_path / "reports" / "rl_speed.json"
+    stale = scratch.logs_folder(report) / "old.log"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("the last run's")
+    with pytest.raises(KeyboardInterrupt), scratch.scratch("bench-", report=report) as work:
+        (work / "side-1").mkdir()
+        (work / "side-1" / "model.safetensors").write_bytes(b"0" * 1000)
+        (work / "side-1.log").write_text("step 1")
+        (work / "side-1" / "train.log").write_text("inner")
+        raise KeyboardInterrupt  # Ctrl-C in the middle of a run
+    assert not work.exists()
+    kept = scratch.logs_folder(report)
+    assert kept == tmp_path / "reports" / "rl_speed-logs"
+    assert {p.name: p.read_text() for p in kept.iterdir()} == {"side-1.log": "step 1", "side-1_train.log": "inner"}
+    with scratch.scratch("bench-", keep=True) as work:
+        (work / "model.bin").write_bytes(b"1")
+    assert (work / "model.bin").is_file()
+    assert f"work folder kept: {work}" in capsys.readouterr().out
 
 
 def result(name: str, seconds: float, peak: float, ok: bool = True) -> dict:
