@@ -152,13 +152,14 @@ def packed_for_batch(model: nn.Module, batch_size: int) -> Iterator[bool]:
     rows; every other input, and any call that records gradients, takes the plain matmul. Yields whether it packed.
 
     A decode step reads every weight for a handful of rows: on 2 CPU cores MKL's plain GEMM reaches about 12 GB/s of
-    weights there, the packed one close to the memory's 20 GB/s (SmolLM2-135M, 8 rows: 55 -> 35 ms of matmuls a
-    step; the first 4-row step 33 -> 25 ms; one row gains nothing, so a single sequence is left alone). Same
-    products up to float32 rounding (relative 1e-6: the summation order differs). Packing costs a copy of the
-    weights while the block runs, and about 0.2 s a call for 135M parameters: the weights may change between calls
-    (PPO's merged adapter), so nothing is kept. Left alone: a GPU or other device, half precision, an adapter's own
-    matrices, weights that are not whole in this process (ZeRO-3 shards, quantized layers), modules whose forward
-    something else replaced (accelerate's offload hooks), and builds without MKL.
+    weights there, the packed one close to the memory's 20 GB/s (SmolLM2-135M's matmuls of one decode step: 55 ->
+    35 ms for 8 rows, 33 -> 25 ms for 4; one row gains nothing, so a single sequence is left alone). Same products
+    up to float32 rounding (relative 1e-6: the summation order differs). Packing costs a copy of the weights while
+    the block runs, and about 0.2 s a call for 135M parameters; the packs are the weights as the block began, so
+    nothing may change the weights inside it, and nothing is kept after it (PPO's merged adapter changes every
+    rollout). Left alone: a GPU or other device, half precision, an adapter's own matrices, weights that are not
+    whole in this process (ZeRO-3 shards, quantized layers), modules whose forward something else replaced
+    (accelerate's offload hooks), and builds without MKL.
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
 
