@@ -392,6 +392,9 @@ class PPOTrainer(Trainer):
         with timed(seconds, "generate", device):
             queries, query_mask, responses = self.generate(model, batch)
             mask, ended = ppo_math.response_mask(responses, self.stop_ids, self.processing_class.pad_token_id)
+            # Past the longest answer no row has a real token: every forward and backward below would pay for them.
+            width = ppo_math.answer_width(mask)
+            responses, mask = responses[:, :width], mask[:, :width]
         # 2. score, and the log-probs and values of the rollout
         with timed(seconds, "score", device):
             texts, ended_by_string = self.answers(responses, mask)
@@ -449,10 +452,9 @@ class PPOTrainer(Trainer):
         return metrics
 
     def generate(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(queries [B, Lq] left-padded, their attention mask [B, Lq], responses [B, response_length] right-padded),
-        sampled with the KV cache from softmax(logits / temperature) and no other logits processor: exactly the
-        distribution `forward` computes log-probs from."""
-        ppo, tokenizer = self.ppo_args, self.processing_class
+        """(queries [B, Lq] left-padded, their attention mask [B, Lq], responses [B, T <= response_length]
+        right-padded, T the longest row generate produced), sampled with the KV cache from softmax(logits /
+        temperature) and no other logits processor: exactly the distribution `forward` computes log-probs from."""
         queries = batch["input_ids"].to(self.args.device)
         query_mask = batch["attention_mask"].to(self.args.device)
         with unwrap_model_for_generation(model, self.accelerator) as unwrapped:
@@ -466,9 +468,7 @@ class PPOTrainer(Trainer):
                     input_ids=queries, attention_mask=query_mask, **self.generate_kwargs
                 )
             unwrapped.train()
-        responses = output[:, queries.shape[1] :]
-        padding = ppo.response_length - responses.shape[1]
-        return queries, query_mask, nn.functional.pad(responses, (0, padding), value=tokenizer.pad_token_id)
+        return queries, query_mask, output[:, queries.shape[1] :]
 
     def answers(self, responses: torch.Tensor, mask: torch.Tensor) -> tuple[list[str], torch.Tensor]:
         """The answers as text without their stop string (the reward model's template adds its own), and [B]

@@ -51,6 +51,13 @@ def response_mask(
     return mask, ended
 
 
+def answer_width(mask: torch.Tensor) -> int:
+    """How many leading columns of the responses [B, T] hold a real token in some row: the longest answer's length
+    (at least 1). The columns after it are masked in every row, so cutting them changes no reward, advantage or loss
+    (everything here is masked, and a causal model's earlier positions never see them)."""
+    return max(int(mask.sum(dim=1).max()), 1)
+
+
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     """Index [B] of the last real token of each response (0 for an empty one)."""
     return (mask.sum(dim=1) - 1).clamp(min=0)

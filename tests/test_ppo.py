@@ -169,6 +169,39 @@ def test_every_rollout_is_generated_with_the_kv_cache(eos_padded_policy, reward_
     assert all(entry["time/rollout_forward"] > 0 for entry in logged)
 
 
+def test_the_forwards_stop_at_the_longest_answer(eos_padded_policy, reward_dir, tmp_path, monkeypatch):
+    """When every answer ends before --response_length, the rollout forward and every update forward run over the
+    prompt and the longest answer only; the columns after it hold no real token of any row."""
+    from medgpt.ppo import PolicyAndValue
+
+    write_jsonl(tmp_path / "prompts" / "train.jsonl", PROMPTS)
+    eos = AutoTokenizer.from_pretrained(eos_padded_policy).eos_token_id
+    original_generate, original_forward = PPOTrainer.generate, PolicyAndValue.forward
+    widths, queries_widths = [], []
+
+    def generate(self, model, batch):  # answers of 2, 4, 3 and 4 tokens (the stop token included) out of 12 columns
+        queries, query_mask, responses = original_generate(self, model, batch)
+        responses = torch.cat([responses, responses.new_full((4, 12), eos)], dim=1)[:, :12]
+        for row, length in enumerate((1, 3, 2, 3)):
+            responses[row, length:] = eos
+        queries_widths.append(queries.shape[1])
+        return queries, query_mask, responses
+
+    def forward(self, input_ids, *args, **kwargs):
+        widths.append(input_ids.shape[1] - queries_widths[-1])
+        return original_forward(self, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(PPOTrainer, "generate", generate)
+    monkeypatch.setattr(PolicyAndValue, "forward", forward)
+    out = tmp_path / "out"
+    ppo_training.main(
+        ppo_argv(eos_padded_policy, reward_dir, tmp_path / "prompts", out, "--num_ppo_epochs", "2", "--max_steps", "1")
+    )
+    assert widths == [4] * (2 + 4 - 1), "a forward ran over columns after the longest answer"
+    logged = assert_phase_seconds(out, steps=1)
+    assert logged[0]["val/response_length"] == pytest.approx((2 + 4 + 3 + 4) / 4)
+
+
 def test_the_update_reuses_the_rollout_forward_of_its_first_micro_batch(
     eos_padded_policy, reward_dir, tmp_path, monkeypatch
 ):

@@ -29,6 +29,29 @@ def test_response_mask_drops_trailing_padding_after_a_multi_token_stop():
     assert mask.tolist() == [[T, T, F, F]] and ended.tolist() == [True]
 
 
+def test_cutting_the_columns_after_the_longest_answer_changes_no_advantage_or_loss():
+    """PPO cuts the responses to answer_width before its forwards: on the columns it keeps, rewards, advantages,
+    returns and both losses equal those of the uncut rollout, whatever the cut columns held."""
+    torch.manual_seed(0)
+    mask = torch.tensor([[T, T, F, F, F, F], [T, T, T, F, F, F], [T, F, F, F, F, F]])
+    assert ppo_math.answer_width(mask) == 3
+    assert ppo_math.answer_width(torch.zeros(2, 4, dtype=torch.bool)) == 1  # an empty rollout keeps one column
+    logprobs, old, ref, values, old_values = (torch.randn(3, 6) for _ in range(5))
+    scores = torch.tensor([1.0, -0.5, 2.0])
+
+    def statistics(width: int) -> list[torch.Tensor]:
+        m, cut = mask[:, :width], (lambda x: x[:, :width])
+        rewards = ppo_math.token_rewards(scores, ppo_math.kl_estimate(cut(old), cut(ref)) * m, m, kl_coef=0.1)
+        advantages, returns = ppo_math.gae(rewards, cut(old_values), m, gamma=0.99, lam=0.95)
+        advantages = ppo_math.masked_whiten(advantages, m)
+        policy, _ = ppo_math.policy_loss(cut(logprobs), cut(old), advantages, m, cliprange=0.2)
+        value, _ = ppo_math.value_loss(cut(values), cut(old_values), returns, m, cliprange_value=0.2)
+        return [rewards, advantages, returns, policy, value]
+
+    for whole, cut in zip(statistics(6), statistics(3), strict=True):
+        torch.testing.assert_close(whole[:, :3] if whole.dim() else whole, cut)
+
+
 def test_kl_estimators():
     logprobs, ref_logprobs = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -2.0]])
     close(ppo_math.kl_estimate(logprobs, ref_logprobs, "k1"), [[0.5, 0.0]])
