@@ -6,7 +6,11 @@ Each side runs as its own process, one after the other. Every figure comes from 
 log_history, one entry per step: seconds per step (TRL's `step_time` where the trainer logs it: GRPO, RLOO; else our
 PPO's `time/step`, which also holds the optimizer step), rollout tokens (answer tokens sampled in the step), and for
 our scripts the phases (`time/generate`, `time/score`, `time/rollout_forward`, `time/update`). Rollout tokens/s is
-shown for every step, so step-to-step steadiness is visible (target: every step within 30% of the median).
+shown for every step, so step-to-step steadiness is visible (target: every step within 30% of the median). So is
+decoded tokens/s: answers x the step's longest answer (TRL's `completions/max_length`, our PPO's
+`val/response_length_max`) per second, the tokens every row is sampled and run forward for. A batch decodes every row
+until its longest answer ends, so answer tokens/s also moves with the mean answer length of the step's samples;
+decoded tokens/s moves with the speed alone (the KV cache lost in a step shows there as in the other).
 
 Like for like: SmolLM2 with LoRA r8 on every linear layer, fp32, no gradient checkpointing, one update pass over each
 rollout, the same temperature and answer length limit, --steps steps. PPO is compared with RLOO at the same rollout
@@ -42,6 +46,7 @@ from scratch import KEEP_HELP, scratch
 from sft_speed import ROOT, run
 
 PHASES = ("generate", "score", "rollout_forward", "update")
+RATES = ("tokens_per_second", "generate_tokens_per_second", "decoded_per_second", "generate_decoded_per_second")
 STEADY = 0.3  # every step's rollout tokens/s within 30% of the run's median
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # SmolLM2's, but the head
 # pair -> (our sides, theirs); PPO twice: with its own critic model, and with the value head on the policy
@@ -189,6 +194,11 @@ def logged_steps(out: Path, answers: int) -> list[dict]:
                 figures[phase] = entry[f"time/{phase}"]
         if "generate" in figures:
             figures["generate_tokens_per_second"] = tokens / max(figures["generate"], 1e-9)
+        longest = entry.get("completions/max_length", entry.get("val/response_length_max"))
+        if longest is not None:
+            figures["decoded_per_second"] = longest * answers / seconds
+            if "generate" in figures:
+                figures["generate_decoded_per_second"] = longest * answers / max(figures["generate"], 1e-9)
         steps.append(figures)
     return steps
 
@@ -199,10 +209,10 @@ def summarize(name: str, steps: list[dict], wall: float, peak: float, code: int)
     if not steps:
         return result
     result["seconds_per_step"] = statistics.median(s["seconds"] for s in steps)
-    for key in ("tokens_per_second", "generate_tokens_per_second", *PHASES):
-        if key in steps[0]:
+    for key in (*RATES, *PHASES):
+        if all(key in s for s in steps):
             result[key] = statistics.median(s[key] for s in steps)
-    for key in ("tokens_per_second", "generate_tokens_per_second"):
+    for key in RATES:
         if key in result:
             worst = max(abs(s[key] / result[key] - 1) for s in steps)
             result[f"{key}_worst_off_median"] = worst
@@ -251,14 +261,17 @@ def table(results: dict[str, dict]) -> str:
         for r in by_round:
             figures = " ".join(f"{x:.2f}x" if x else "-" for x in r["vs_medicalgpt"]["speed_by_round"])
             lines.append(f"  {r['side']:<19} {figures}")
-    lines += ["", f"rollout tokens/s per step, all rounds (steady: each within {STEADY:.0%} of its round's median)"]
+    lines += ["", f"rollout tokens/s per step, all rounds (steady: each within {STEADY:.0%} of its round's median);"]
+    lines += ["answer tokens, then decoded tokens (answers x the step's longest answer), per second of the step and"]
+    lines += ["of its generate phase"]
+    labels = ("answers/step", "answers/generate", "decoded/step", "decoded/generate")
     for r in results.values():
-        for key, label in (("tokens_per_second", "step"), ("generate_tokens_per_second", "generate")):
+        for key, label in zip(RATES, labels, strict=True):
             if f"{key}_worst_off_median" in r:
                 worst = r[f"{key}_worst_off_median"]
                 verdict = "steady" if worst <= STEADY else "UNSTEADY"
                 figures = " ".join(f"{s[key]:.1f}" for s in r["steps"])
-                lines.append(f"  {r['side']:<19} {label:<9} {figures}  ({verdict}: worst {worst:.0%} off)")
+                lines.append(f"  {r['side']:<19} {label:<16} {figures}  ({verdict}: worst {worst:.0%} off)")
     return "\n".join(lines)
 
 
@@ -294,9 +307,9 @@ def run_sides(o: argparse.Namespace, work: Path, model: str, checkout: Path | No
         results[name]["rounds"] = [statistics.median(s["seconds"] for s in r[0]) if r[0] else None for r in done]
         # Steadiness is a run's own: each round against its own median (the machine's pace shifts between rounds).
         each = [summarize(name, r[0], *r[1:]) for r in done if r[0]]
-        for key in ("tokens_per_second_worst_off_median", "generate_tokens_per_second_worst_off_median"):
+        for key in (f"{rate}_worst_off_median" for rate in RATES):
             if key in results[name]:
-                results[name][key] = max(one[key] for one in each)
+                results[name][key] = max(one[key] for one in each if key in one)
     return results
 
 

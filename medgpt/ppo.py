@@ -445,6 +445,9 @@ class PPOTrainer(Trainer):
         averaged = self.accelerator.reduce(torch.stack([v.float() for v in stats.values()]), reduction="mean")
         metrics = dict(zip(stats, averaged.tolist(), strict=True))
         metrics["objective/kl_coef"] = self.kl_ctl.value
+        # The longest answer sets the work of the step (every row is decoded and run forward that far).
+        longest = self.accelerator.reduce(torch.tensor(float(width), device=device), reduction="max")
+        metrics["val/response_length_max"] = longest.item()
         metrics["episode"] = (self.state.global_step + 1) * self.rollout_size * self.args.world_size
         self.kl_ctl.update(metrics["objective/kl"], self.rollout_size * self.args.world_size)
         metrics.update({f"time/{phase}": value for phase, value in seconds.items()})  # this process's own

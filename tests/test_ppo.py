@@ -200,6 +200,7 @@ def test_the_forwards_stop_at_the_longest_answer(eos_padded_policy, reward_dir, 
     assert widths == [4] * (2 + 4 - 1), "a forward ran over columns after the longest answer"
     logged = assert_phase_seconds(out, steps=1)
     assert logged[0]["val/response_length"] == pytest.approx((2 + 4 + 3 + 4) / 4)
+    assert logged[0]["val/response_length_max"] == 4
 
 
 def test_the_update_reuses_the_rollout_forward_of_its_first_micro_batch(
