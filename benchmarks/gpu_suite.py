@@ -57,7 +57,7 @@ DATA = {"supervised_finetuning.py": "data/sft", "dpo_training.py": "data/reward"
 # Child-process driver: run a stage's main() and print its peak memory and figures as the last line.
 DRIVER = """
 import importlib, json, resource, sys, time, torch
-stage = importlib.import_module(sys.argv[1].removesuffix(".py"))  # by name (PYTHONPATH=.), so its classes pickle
+stage = importlib.import_module(sys.argv[1].removesuffix(".py"))  # by name (python -c runs in ROOT), so it pickles
 started = time.perf_counter()
 trainer = stage.main(sys.argv[2:])
 peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else resource.getrusage(
@@ -127,7 +127,7 @@ def measure(name: str, script: str, model: Path, flags: list[str], out: Path, gp
         length = ["--max_completion_length", "128" if gpu else "8", "--per_device_train_batch_size", "8"]
     argv = ["--model_name_or_path", str(model), "--template_name", "smollm2", "--train_file_dir", DATA[script]]
     argv += ["--output_dir", str(out / "runs" / name.replace(" ", "-")), *COMMON, *steps, *precision, *length, *flags]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
     if not gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
     try:

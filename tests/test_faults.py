@@ -276,7 +276,6 @@ def test_a_killed_merge_leaves_the_output_absent_or_complete(earlier, tiny_model
     process = subprocess.Popen(
         [sys.executable, "-c", MERGE_DRIVER, *argv],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -1,5 +1,6 @@
 """The house holds: no import cycle inside the medgpt package (lazy imports in functions count too), and no stage
-script, tool or benchmark patches sys.path (the package is installed: `pip install -e .`)."""
+script, tool, benchmark or test patches sys.path or hands a child process a PYTHONPATH (the package is installed:
+`pip install -e .`; a child started with `python -c` in the repository imports the stage scripts from there)."""
 
 import ast
 import json
@@ -90,4 +91,15 @@ def test_nothing_patches_sys_path():
                     and getattr(target.value, "id", "") == "sys"
                 ):
                     offenders.append(f"{name}:{node.lineno}")
+    assert not offenders, offenders
+
+
+def test_no_child_process_gets_a_pythonpath():
+    offenders = []
+    tests = [path for path in (ROOT / "tests").glob("*.py") if path != Path(__file__).resolve()]  # this file names it
+    sources = [*_python_sources(), *((str(path.relative_to(ROOT)), path.read_text()) for path in tests)]
+    for name, source in sources:
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Constant) and node.value == "PYTHONPATH":
+                offenders.append(f"{name}:{node.lineno}")
     assert not offenders, offenders
