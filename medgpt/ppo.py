@@ -10,6 +10,7 @@ TensorBoard logging and `trainer_state.json` are the Trainer's own. One step of 
   2. score: the reward model scores every finished answer (through text, in its own template); log-probs of the
      policy and of the reference (the policy with its adapter switched off), and the critic's values; the first
      micro-batch's forward keeps its graph, and the update backpropagates through it rather than repeating it;
+     every forward runs over the prompt and the batch's longest answer only (ppo_math.answer_width);
   3. advantages: per-token KL penalty, score on the last token, GAE, whitened advantages;
   4. update: `num_ppo_epochs` passes over `num_mini_batches` shuffled minibatches with the clipped policy and value
      losses; each minibatch is one optimizer step over `gradient_accumulation_steps` micro-batches.
