@@ -10,7 +10,8 @@ TensorBoard logging and `trainer_state.json` are the Trainer's own. One step of 
   2. score: the reward model scores every finished answer (through text, in its own template); log-probs of the
      policy and of the reference (the policy with its adapter switched off), and the critic's values; the first
      micro-batch's forward keeps its graph, and the update backpropagates through it rather than repeating it;
-     every forward runs over the prompt and the batch's longest answer only (ppo_math.answer_width);
+     every forward runs over the prompt and the batch's longest answer only (ppo_math.answer_width), and the
+     beginning all prompts share (a system prompt) runs once, not once per row (medgpt.shared_prefix);
   3. advantages: per-token KL penalty, score on the last token, GAE, whitened advantages;
   4. update: `num_ppo_epochs` passes over `num_mini_batches` shuffled minibatches with the clipped policy and value
      losses; each minibatch is one optimizer step over `gradient_accumulation_steps` micro-batches.
@@ -50,6 +51,7 @@ from medgpt.generation import (
     sampling_exactly_as_given,
     stop_tokens,
 )
+from medgpt.shared_prefix import forward_after_prefix, model_inputs, supports_shared_prefix
 from medgpt.timing import clock, timed
 
 logger = logging.getLogger(__name__)
@@ -159,22 +161,30 @@ class PolicyAndValue(nn.Module):
             self._critic_backbone = getattr(critic_model, critic_model.base_model_prefix)
             self._critic_head = critic_model.score
 
-    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0, prefix_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """logits [B, K, V] of the policy at the last K = logits_to_keep positions (0: all L), values [B, L] of the
-        critic."""
+        critic. With `prefix_ids` [1, P] the rows continue that shared prefix (medgpt.shared_prefix): input_ids and
+        position_ids [B, L] are the tokens after it, attention_mask [B, P + L] covers it too."""
         shared = self.critic is None
-        output = self.policy(
+        output = forward_after_prefix(
+            self.policy,
+            prefix_ids,
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            use_cache=False,
             logits_to_keep=logits_to_keep,
             output_hidden_states=shared,
         )
         if shared:  # the last hidden states are the final norm's output, what the LM head reads
             return output.logits, self.value_head(output.hidden_states[-1].float()).squeeze(-1)
-        hidden = self._critic_backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        hidden = forward_after_prefix(
+            self._critic_backbone,
+            prefix_ids,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
         ).last_hidden_state
         return output.logits, self._critic_head(hidden).squeeze(-1).float()
 
@@ -272,6 +282,7 @@ class PPOTrainer(Trainer):
         self.rollout_size = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
         self.rollout_size *= ppo_args.num_mini_batches
         self._metrics: dict[str, list[float]] = {}
+        self._models_share_prefix: bool | None = None  # shares_prefix(), known on first use
 
     # ---------------------------------------------------------------- data
 
@@ -484,19 +495,31 @@ class PPOTrainer(Trainer):
         return [cut_at_stop(text, self.stop_strings) for text in texts], ended
 
     def forward(self, model, queries: torch.Tensor, query_mask: torch.Tensor, responses: torch.Tensor):
-        """Response-token logits [B, T, V] (scaled by the sampling temperature) and values [B, T].
+        """Response-token logits [B, T, V] (scaled by the sampling temperature), values [B, T], and the model inputs
+        (prefix_ids or None, the keywords of the rows) for another forward over the same tokens.
 
         The prompt's mask is the collator's (what `generate` attended to), never one rebuilt from token values: where
         pad is the end-of-turn token (pad = eos), every turn end inside a prompt would be hidden. Every response
-        position is attended to, as in `generate`; the response mask cuts what follows the stop token later."""
-        input_ids = torch.cat([queries, responses], dim=1)
-        attention_mask = torch.cat([query_mask.long(), torch.ones_like(responses)], dim=1)
-        position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+        position is attended to, as in `generate`; the response mask cuts what follows the stop token later. The
+        beginning all prompts share (a system prompt) runs once where it pays (medgpt.shared_prefix)."""
+        prefix_ids, inputs = model_inputs(queries, query_mask, responses, self.shares_prefix())
         # The head runs on the response positions only (and the last prompt position, which predicts the first
         # answer token): the prompt's logits were never used, and the head is a quarter of a small model's forward.
-        logits, values = model(input_ids, attention_mask, position_ids, logits_to_keep=responses.shape[1] + 1)
-        inputs = (input_ids, attention_mask, position_ids)
-        return self.sampling_logits(logits), values[:, queries.shape[1] - 1 : -1], inputs
+        logits, values = model(**inputs, logits_to_keep=responses.shape[1] + 1, prefix_ids=prefix_ids)
+        prompt_width = inputs["input_ids"].shape[1] - responses.shape[1]
+        return self.sampling_logits(logits), values[:, prompt_width - 1 : -1], (prefix_ids, inputs)
+
+    def shares_prefix(self) -> bool:
+        """Whether the prompts' shared beginning may run once: every model keeps a plain KV cache, and no activation
+        checkpointing is on (its layers drop a passed cache, so the rows would lose the prefix)."""
+        wrapper = self.accelerator.unwrap_model(self.model)
+        models = [m for m in (wrapper.policy, wrapper.critic) if m is not None]
+        if self._models_share_prefix is None:
+            self._models_share_prefix = all(
+                supports_shared_prefix(m) for m in [*models, self.ref_policy] if m is not None
+            )
+        checkpointing = any(getattr(m, "is_activation_checkpointing", False) for m in models)
+        return self._models_share_prefix and not checkpointing
 
     def sampling_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits [B, T + 1, V] kept from the last prompt position on -> [B, T, V] in float32 over the sampling
@@ -523,15 +546,15 @@ class PPOTrainer(Trainer):
             grad = torch.enable_grad() if with_graph else torch.no_grad()
             sync = self.accumulating(model, last) if with_graph else contextlib.nullcontext()
             with grad, sync:
-                logits, values, (ids, attention, positions) = self.forward(model, q, qm, r)
+                logits, values, (prefix_ids, inputs) = self.forward(model, q, qm, r)
                 logprobs = selective_log_softmax(logits, r)
             if with_graph:
                 first = (logprobs, values)
             with torch.no_grad():
                 entropy = entropy_from_logits(logits.detach())
                 with self.reference(policy) as reference:
-                    ref_logits = reference(
-                        input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=r.shape[1] + 1
+                    ref_logits = forward_after_prefix(
+                        reference, prefix_ids, **inputs, logits_to_keep=r.shape[1] + 1
                     ).logits
                 ref_logprobs = selective_log_softmax(self.sampling_logits(ref_logits), r)
                 chunks.append((logprobs.detach(), values.detach(), ref_logprobs, entropy))

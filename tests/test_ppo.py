@@ -177,19 +177,18 @@ def test_the_forwards_stop_at_the_longest_answer(eos_padded_policy, reward_dir, 
     write_jsonl(tmp_path / "prompts" / "train.jsonl", PROMPTS)
     eos = AutoTokenizer.from_pretrained(eos_padded_policy).eos_token_id
     original_generate, original_forward = PPOTrainer.generate, PolicyAndValue.forward
-    widths, queries_widths = [], []
+    widths = []
 
     def generate(self, model, batch):  # answers of 2, 4, 3 and 4 tokens (the stop token included) out of 12 columns
         queries, query_mask, responses = original_generate(self, model, batch)
         responses = torch.cat([responses, responses.new_full((4, 12), eos)], dim=1)[:, :12]
         for row, length in enumerate((1, 3, 2, 3)):
             responses[row, length:] = eos
-        queries_widths.append(queries.shape[1])
         return queries, query_mask, responses
 
-    def forward(self, input_ids, *args, **kwargs):
-        widths.append(input_ids.shape[1] - queries_widths[-1])
-        return original_forward(self, input_ids, *args, **kwargs)
+    def forward(self, *args, logits_to_keep, **kwargs):  # the head reads the last prompt position and the answers
+        widths.append(logits_to_keep - 1)
+        return original_forward(self, *args, logits_to_keep=logits_to_keep, **kwargs)
 
     monkeypatch.setattr(PPOTrainer, "generate", generate)
     monkeypatch.setattr(PolicyAndValue, "forward", forward)
@@ -241,3 +240,55 @@ def test_the_update_reuses_the_rollout_forward_of_its_first_micro_batch(
         assert any(tensor.abs().max() > 0 for name, tensor in reused.items() if "lora_B" in name), "nothing trained"
         for name, tensor in reused.items():
             assert torch.allclose(tensor, repeated[name], atol=1e-6), name
+
+
+def test_the_system_prompt_every_row_shares_runs_once(eos_padded_policy, reward_dir, tmp_path, monkeypatch):
+    """One system prompt for all rows: every forward of a step (rollout, update, the reference's) runs it once, not
+    once per row, and the step's log-probs, reference log-probs, values and trained adapters are those of a run that
+    repeats it in every row. Under activation checkpointing (whose layers drop a passed KV cache) rows run in full."""
+    from safetensors.torch import load_file
+
+    from medgpt.ppo import PolicyAndValue
+
+    system = "You are a careful medical assistant. Answer briefly, and send emergencies to a doctor at once."
+    prompts = [{"conversations": [{"from": "system", "value": system}, *row["conversations"][1:]]} for row in PROMPTS]
+    write_jsonl(tmp_path / "prompts" / "train.jsonl", prompts)
+    prefixes, original_forward = [], PolicyAndValue.forward
+
+    def forward(self, *args, prefix_ids=None, **kwargs):
+        prefixes.append(None if prefix_ids is None else prefix_ids.shape[1])
+        return original_forward(self, *args, prefix_ids=prefix_ids, **kwargs)
+
+    monkeypatch.setattr(PolicyAndValue, "forward", forward)
+    rollouts = record_rollouts(monkeypatch)
+    extra = ("--num_ppo_epochs", "2", "--max_steps", "1", "--learning_rate", "1e-2")
+    tokenizer = AutoTokenizer.from_pretrained(eos_padded_policy)
+    system_tokens = len(tokenizer(system)["input_ids"])
+
+    def run(name: str, *flags: str) -> dict:
+        prefixes.clear()
+        ppo_training.main(
+            ppo_argv(eos_padded_policy, reward_dir, tmp_path / "prompts", tmp_path / name, *extra, *flags)
+        )
+        return {
+            folder: load_file(tmp_path / name / folder / "adapter_model.safetensors") for folder in ("", "value_model")
+        }
+
+    shared = run("shared")
+    assert len(prefixes) == 2 + 4 - 1 and all(p is not None and p >= system_tokens for p in prefixes), prefixes
+    monkeypatch.setattr(PPOTrainer, "shares_prefix", lambda self: False)
+    full = run("full")
+    assert prefixes == [None] * (2 + 4 - 1)
+    for name, a, b in zip(
+        ("queries", "query_mask", "responses", "logprobs", "values", "ref"), rollouts[0], rollouts[1], strict=False
+    ):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+    for folder, tensors in shared.items():
+        assert any(t.abs().max() > 0 for n, t in tensors.items() if "lora_B" in n), "nothing trained"
+        for name, tensor in tensors.items():
+            assert torch.allclose(tensor, full[folder][name], atol=1e-4), name  # Adam over float rounding: ~2e-5
+
+    monkeypatch.undo()
+    monkeypatch.setattr(PolicyAndValue, "forward", forward)
+    run("checkpointed", "--gradient_checkpointing", "True")
+    assert prefixes == [None] * (2 + 4 - 1), "checkpointed layers would drop the prefix's KV cache"
