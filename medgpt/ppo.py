@@ -51,7 +51,7 @@ from medgpt.generation import (
     sampling_exactly_as_given,
     stop_tokens,
 )
-from medgpt.shared_prefix import forward_after_prefix, model_inputs, supports_shared_prefix
+from medgpt.shared_prefix import forward_after_prefix, left_pad, model_inputs, supports_shared_prefix
 from medgpt.timing import clock, timed
 
 logger = logging.getLogger(__name__)
@@ -196,14 +196,6 @@ class PolicyAndValue(nn.Module):
 
     # Rollouts are generated in eval mode, where checkpointing is inactive: TRL's unwrap has nothing to toggle.
     is_gradient_checkpointing = False
-
-
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """input_ids and attention_mask [B, L] of token lists padded on the left (generation continues on the right)."""
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    return ids, mask
 
 
 # The Trainer internals the PPO loop calls, with the parameters it passes: PPO replaces only the inner loop, so these

@@ -16,6 +16,7 @@ import torch
 
 from medgpt.chat import split_answer
 from medgpt.errors import UserError
+from medgpt.shared_prefix import forward_after_prefix, left_pad, model_inputs, supports_shared_prefix
 
 Conversation = list[dict[str, Any]]
 
@@ -32,6 +33,14 @@ def as_answer(completion: str | Conversation | dict) -> dict:
     if isinstance(completion, dict):
         return {**completion, "role": "assistant"}
     return {**completion[-1], "role": "assistant"}
+
+
+def without_trailing(row: list[int], token: int | None) -> list[int]:
+    """`row` without the `token`s that end it; its first token stays whatever it is."""
+    end = len(row)
+    while end > 1 and row[end - 1] == token:
+        end -= 1
+    return row[:end]
 
 
 class RewardModelScorer:
@@ -72,6 +81,7 @@ class RewardModelScorer:
         self.model.to(self.device)
         self.batch_size = batch_size
         self.max_length = getattr(self.model.config, "max_position_embeddings", None) or 4096
+        self.shares_prefix = supports_shared_prefix(self.model)
 
     def texts(self, prompts: list, completions: list, tools: list | None = None) -> list[str]:
         """Prompt and completion rendered as the reward model saw its training pairs. `tools` per sample: a list
@@ -84,18 +94,23 @@ class RewardModelScorer:
 
     @torch.no_grad()
     def __call__(self, prompts: list, completions: list, tools: list | None = None, **columns: Any) -> list[float]:
-        texts = self.texts(prompts, completions, tools)
         # Too long for the reward model: keep the end (the answer and the turn it answers).
         self.tokenizer.truncation_side = "left"
+        rows = self.tokenizer(
+            self.texts(prompts, completions, tools),
+            truncation=True,
+            max_length=self.max_length,
+            add_special_tokens=False,
+        )["input_ids"]
+        # The score head reads each row's last token that is not pad (pad may be the end-of-turn token): what follows
+        # it changes nothing under causal attention, so it goes, and that token is the row's last, in the last column.
+        rows = [without_trailing(row, self.model.config.pad_token_id) for row in rows]
         scores: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            inputs = self.tokenizer(
-                texts[start : start + self.batch_size],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                add_special_tokens=False,
-            ).to(self.device)
-            scores += self.model(**inputs).logits[:, 0].float().tolist()
+        for start in range(0, len(rows), self.batch_size):
+            ids, mask = left_pad(rows[start : start + self.batch_size], self.tokenizer.pad_token_id)
+            # A system prompt every row shares runs once for the batch (medgpt.shared_prefix).
+            prefix_ids, inputs = model_inputs(ids, mask, ids[:, :0], share_prefix=self.shares_prefix)
+            inputs = {name: value.to(self.device) for name, value in inputs.items()}
+            prefix_ids = None if prefix_ids is None else prefix_ids.to(self.device)
+            scores += forward_after_prefix(self.model, prefix_ids, **inputs).logits[:, 0].float().tolist()
         return scores

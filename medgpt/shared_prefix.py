@@ -20,6 +20,14 @@ from transformers.cache_utils import DynamicLayer
 MIN_SHARED_TOKENS = 8
 
 
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids and attention_mask [B, L] of token lists padded on the left (generation continues on the right)."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
 def shared_prefix_length(queries: torch.Tensor, query_mask: torch.Tensor) -> int:
     """How many leading real tokens every row of `queries` [B, Lq] (left-padded, `query_mask` [B, Lq]) has in common,
     leaving at least one of each row's own (its last prompt token predicts the answer's first)."""

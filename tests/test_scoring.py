@@ -64,3 +64,50 @@ def test_load_saved_names_the_flag(tiny_model_dir, folders, message):
     model_dir, lora = folders
     with pytest.raises(UserError, match=message):
         load_saved(model_dir or str(tiny_model_dir), lora)
+
+
+@pytest.mark.parametrize("pad_is_end_of_turn", [False, True])
+def test_a_system_prompt_every_row_shares_runs_once_and_the_scores_stay(
+    reward_dir, tmp_path, monkeypatch, pad_is_end_of_turn
+):
+    """The rows' shared beginning goes through the reward model once per batch, and every score is the one the row gets
+    alone, also where pad is the end-of-turn token that ends every text and rows are alike up to it."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    import medgpt.scoring
+
+    folder = reward_dir
+    if pad_is_end_of_turn:
+        folder = tmp_path / "rm"
+        shutil.copytree(reward_dir, folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer.pad_token = "<|im_end|>"
+        tokenizer.save_pretrained(folder)
+        config = json.loads((folder / "config.json").read_text())
+        config["pad_token_id"] = tokenizer.pad_token_id
+        (folder / "config.json").write_text(json.dumps(config))
+    scorer = RewardModelScorer(str(folder), batch_size=4)
+    system = [{"role": "system", "content": "You are a careful medical assistant. Answer briefly and kindly."}]
+    questions = ("I have a fever.", "My knee hurts.", "I have a fever.", "I have a fever.")
+    prompts = [[*system, {"role": "user", "content": q}] for q in questions]
+    completions = ["Rest.", "Ice it.", "Rest.", "Rest."]
+    prefixes, original = [], medgpt.scoring.forward_after_prefix
+
+    def forward_after_prefix(module, prefix_ids, **inputs):
+        prefixes.append(None if prefix_ids is None else prefix_ids.shape[1])
+        return original(module, prefix_ids, **inputs)
+
+    monkeypatch.setattr(medgpt.scoring, "forward_after_prefix", forward_after_prefix)
+    scores = scorer(prompts, completions)
+    same = scorer([prompts[0]] * 4, ["Rest."] * 4)
+    system_tokens = len(scorer.tokenizer(system[0]["content"])["input_ids"])
+    assert len(prefixes) == 2 and all(p is not None and p >= system_tokens for p in prefixes), prefixes
+    alone = []
+    for text in scorer.texts(prompts, completions):
+        with torch.no_grad():
+            ids = scorer.tokenizer([text], return_tensors="pt", add_special_tokens=False)
+            alone.append(scorer.model(**ids).logits[0, 0].item())
+    assert scores == pytest.approx(alone, abs=1e-5)
+    assert same == pytest.approx([alone[0]] * 4, abs=1e-5), "rows alike up to their end"

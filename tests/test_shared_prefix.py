@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, MistralConfig
 
-from medgpt.ppo import left_pad
 from medgpt.shared_prefix import (
     MIN_SHARED_TOKENS,
     forward_after_prefix,
+    left_pad,
     model_inputs,
     shared_prefix_length,
     split_prompts,
