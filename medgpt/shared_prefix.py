@@ -4,9 +4,9 @@ through a model once instead of once per row.
 The prefix [1, P] goes through the model alone; its keys and values are repeated for the B rows, and the rows' forward
 starts after it. Autograd runs back through the repeat into the one prefix pass, so the gradients are those of B full
 forwards (the prefix's share summed over the rows, as it is when every row runs it), and the outputs equal them up to
-float rounding. PPO uses it in every forward of a step: on the 2-core CPU, with MedicalGPT's GRPO system prompt
-(92 shared tokens of 109-132-token prompts, 128-token answers, 8 rows) its rollout forwards and its update each take
-1.36x less time (docs/performance.md).
+float rounding. PPO uses it in every forward of a step, and the reward scorer for every batch: on the 2-core CPU,
+with MedicalGPT's GRPO system prompt (92 shared tokens of 109-132-token prompts, 128-token answers, 8 rows), PPO's
+rollout forwards and update each take 1.36x less time (docs/performance.md).
 
 Shapes: B rows, Lq prompt columns (left-padded: a row's real tokens are its last ones), P prefix tokens.
 """
@@ -16,7 +16,8 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-# A shorter prefix saves (B - 1) x P token-forwards, less than what the extra pass over 1 row costs.
+# Below this the saving, (B - 1) x P token-forwards, is too small to be worth a second pass (on a GPU a pass over a
+# few tokens costs its kernel launches whatever its size). Not tuned: the benchmark's prefix is 92 tokens.
 MIN_SHARED_TOKENS = 8
 
 
