@@ -280,7 +280,7 @@ def test_the_system_prompt_every_row_shares_runs_once(eos_padded_policy, reward_
     full = run("full")
     assert prefixes == [None] * (2 + 4 - 1)
     for name, a, b in zip(
-        ("queries", "query_mask", "responses", "logprobs", "values", "ref"), rollouts[0], rollouts[1], strict=False
+        ("queries", "query_mask", "responses", "logprobs", "values", "ref", "entropy"), *rollouts, strict=True
     ):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), name
     for folder, tensors in shared.items():
