@@ -5,6 +5,8 @@
 # Next: python merge_peft_adapter.py --base_model $MODEL --lora_model outputs-ppo --output_dir merged-ppo
 # Settings (environment): MODEL, REWARD_MODEL, TEMPLATE, DATA (training folder), OUTPUT (output_dir), NPROC (processes or GPUs),
 # DEEPSPEED (a ZeRO config such as zero2.json). Flags after the script name override the ones below.
+# Where memory allows, --gradient_checkpointing False is faster, and a system prompt every row shares then runs once per
+# forward instead of once per row (docs/rl.md, phase 2).
 set -euo pipefail
 MODEL=${MODEL:-merged-sft}
 REWARD_MODEL=${REWARD_MODEL:-merged-rm}
