@@ -103,3 +103,15 @@ def test_no_child_process_gets_a_pythonpath():
             if isinstance(node, ast.Constant) and node.value == "PYTHONPATH":
                 offenders.append(f"{name}:{node.lineno}")
     assert not offenders, offenders
+
+
+def test_the_install_makes_every_script_and_tool_importable():
+    """`pip install .` installs every top-level script as a module and tools/ as a package, so nothing needs a
+    sys.path entry: pytest adds none either."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    scripts = sorted(path.stem for path in ROOT.glob("*.py"))
+    assert sorted(config["tool"]["setuptools"]["py-modules"]) == scripts, "add the new script to py-modules"
+    assert "tools" in config["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert "pythonpath" not in config["tool"]["pytest"]["ini_options"]
