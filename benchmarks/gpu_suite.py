@@ -57,7 +57,7 @@ DATA = {"supervised_finetuning.py": "data/sft", "dpo_training.py": "data/reward"
 # Child-process driver: run a stage's main() and print its peak memory and figures as the last line.
 DRIVER = """
 import importlib, json, resource, sys, time, torch
-stage = importlib.import_module(sys.argv[1].removesuffix(".py"))  # by name (python -c runs in ROOT), so it pickles
+stage = importlib.import_module(sys.argv[1].removesuffix(".py"))  # an installed module, so it pickles
 started = time.perf_counter()
 trainer = stage.main(sys.argv[2:])
 peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else resource.getrusage(

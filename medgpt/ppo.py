@@ -274,7 +274,7 @@ class PPOTrainer(Trainer):
         self.rollout_size = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
         self.rollout_size *= ppo_args.num_mini_batches
         self._metrics: dict[str, list[float]] = {}
-        self._models_share_prefix: bool | None = None  # shares_prefix(), known on first use
+        self._shares_prefix: bool | None = None  # shares_prefix(), known on first use
 
     # ---------------------------------------------------------------- data
 
@@ -504,14 +504,13 @@ class PPOTrainer(Trainer):
     def shares_prefix(self) -> bool:
         """Whether the prompts' shared beginning may run once: every model keeps a plain KV cache, and no activation
         checkpointing is on (its layers drop a passed cache, so the rows would lose the prefix)."""
-        wrapper = self.accelerator.unwrap_model(self.model)
-        models = [m for m in (wrapper.policy, wrapper.critic) if m is not None]
-        if self._models_share_prefix is None:
-            self._models_share_prefix = all(
-                supports_shared_prefix(m) for m in [*models, self.ref_policy] if m is not None
-            )
-        checkpointing = any(getattr(m, "is_activation_checkpointing", False) for m in models)
-        return self._models_share_prefix and not checkpointing
+        if self._shares_prefix is None:  # decided at the first forward, once the Trainer has set checkpointing up
+            wrapper = self.accelerator.unwrap_model(self.model)
+            models = [m for m in (wrapper.policy, wrapper.critic) if m is not None]
+            checkpointing = any(getattr(m, "is_activation_checkpointing", False) for m in models)
+            plain_caches = all(supports_shared_prefix(m) for m in [*models, self.ref_policy] if m is not None)
+            self._shares_prefix = plain_caches and not checkpointing
+        return self._shares_prefix
 
     def sampling_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits [B, T + 1, V] kept from the last prompt position on -> [B, T, V] in float32 over the sampling

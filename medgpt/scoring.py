@@ -107,10 +107,9 @@ class RewardModelScorer:
         rows = [without_trailing(row, self.model.config.pad_token_id) for row in rows]
         scores: list[float] = []
         for start in range(0, len(rows), self.batch_size):
-            ids, mask = left_pad(rows[start : start + self.batch_size], self.tokenizer.pad_token_id)
+            batch = rows[start : start + self.batch_size]
+            ids, mask = (t.to(self.device) for t in left_pad(batch, self.tokenizer.pad_token_id))
             # A system prompt every row shares runs once for the batch (medgpt.shared_prefix).
             prefix_ids, inputs = model_inputs(ids, mask, ids[:, :0], share_prefix=self.shares_prefix)
-            inputs = {name: value.to(self.device) for name, value in inputs.items()}
-            prefix_ids = None if prefix_ids is None else prefix_ids.to(self.device)
             scores += forward_after_prefix(self.model, prefix_ids, **inputs).logits[:, 0].float().tolist()
         return scores

@@ -200,7 +200,7 @@ run_cli(lambda: stage.main(sys.argv[2:]))
 
 def start_paused(module: str, argv: list[str], pause_at: int, mode: str, log: Path) -> subprocess.Popen:
     """Run the stage script `module` in a child process that pauses at `pause_at` (see DRIVER), ready to be killed."""
-    env = {**os.environ, "PAUSE_AT": str(pause_at), "PAUSE_MODE": mode}  # python -c imports the stage from cwd
+    env = {**os.environ, "PAUSE_AT": str(pause_at), "PAUSE_MODE": mode}  # the stage is an installed module
     env.update(MEDGPT_ALLOCATOR="system", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     process = subprocess.Popen(
         [sys.executable, "-c", DRIVER, module, *argv],

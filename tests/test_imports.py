@@ -1,6 +1,6 @@
 """The house holds: no import cycle inside the medgpt package (lazy imports in functions count too), and no stage
-script, tool, benchmark or test patches sys.path or hands a child process a PYTHONPATH (the package is installed:
-`pip install -e .`; a child started with `python -c` in the repository imports the stage scripts from there)."""
+script, tool, benchmark or test patches sys.path or hands a child process a PYTHONPATH (`pip install -e .` installs
+the package, the stage scripts and tools/)."""
 
 import ast
 import json
