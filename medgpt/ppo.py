@@ -433,6 +433,7 @@ class PPOTrainer(Trainer):
             update_stats = self.update(model, rollout, order, first)
 
         mean_kl = kl.sum(1).mean()
+        generate_seconds = max(seconds["generate"], 1e-6)
         non_score = (-self.kl_ctl.value * kl).sum(1).mean()
         stats = {
             "objective/kl": mean_kl,
@@ -443,7 +444,10 @@ class PPOTrainer(Trainer):
             "val/num_eos_tokens": ended.float().sum(),
             "val/response_length": mask.sum(1).float().mean(),
             "policy/entropy_avg": ppo_math.masked_mean(entropy, mask),
-            "rollout/tokens_per_second": mask.sum() / max(seconds["generate"], 1e-6),
+            "rollout/tokens_per_second": mask.sum() / generate_seconds,
+            # Every row is decoded until this process's longest answer ends: the sampler's speed at equal work, which
+            # answer tokens/s is not (it also moves with the samples' mean length).
+            "rollout/decoded_tokens_per_second": torch.full((), mask.numel() / generate_seconds, device=device),
             **update_stats,
         }
         averaged = self.accelerator.reduce(torch.stack([v.float() for v in stats.values()]), reduction="mean")

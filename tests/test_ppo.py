@@ -200,6 +200,10 @@ def test_the_forwards_stop_at_the_longest_answer(eos_padded_policy, reward_dir, 
     logged = assert_phase_seconds(out, steps=1)
     assert logged[0]["val/response_length"] == pytest.approx((2 + 4 + 3 + 4) / 4)
     assert logged[0]["val/response_length_max"] == 4
+    # Answer tokens (13) and decoded tokens (4 rows x 4) per second of the same generate phase.
+    generate_seconds = logged[0]["time/generate"]
+    assert logged[0]["rollout/tokens_per_second"] * generate_seconds == pytest.approx(13, rel=1e-4)
+    assert logged[0]["rollout/decoded_tokens_per_second"] * generate_seconds == pytest.approx(16, rel=1e-4)
 
 
 def test_the_update_reuses_the_rollout_forward_of_its_first_micro_batch(
