@@ -6,7 +6,8 @@ TensorBoard logging and `trainer_state.json` are the Trainer's own. One step of 
 
   1. generate: answers to a batch of prompts, sampled with the KV cache, stopped at the template's stop token, with
      a float32 LoRA adapter merged into the weights for the while (medgpt.generation.lora_merged), and on the CPU
-     over weights packed for the batch's decode steps (medgpt.generation.packed_for_batch);
+     with the prompts run ahead without their padding (medgpt.generation.prefilled_without_padding) and over
+     weights packed for the batch's decode steps (medgpt.generation.packed_for_batch);
   2. score: the reward model scores every finished answer (through text, in its own template); log-probs of the
      policy and of the reference (the policy with its adapter switched off), and the critic's values; the first
      micro-batch's forward keeps its graph, and the update backpropagates through it rather than repeating it;
@@ -48,6 +49,7 @@ from medgpt.generation import (
     generation_kwargs,
     lora_merged,
     packed_for_batch,
+    prefilled_without_padding,
     sampling_exactly_as_given,
     stop_tokens,
 )
@@ -475,8 +477,9 @@ class PPOTrainer(Trainer):
                 lora_merged(unwrapped.policy),
                 packed_for_batch(unwrapped.policy, queries.shape[0]),
             ):
+                ahead = prefilled_without_padding(unwrapped.policy, queries, query_mask)  # None: a padded prompt pass
                 output = unwrapped.policy.generate(
-                    input_ids=queries, attention_mask=query_mask, **self.generate_kwargs
+                    input_ids=queries, attention_mask=query_mask, past_key_values=ahead, **self.generate_kwargs
                 )
             unwrapped.train()
         return queries, query_mask, output[:, queries.shape[1] :]

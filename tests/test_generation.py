@@ -1,14 +1,21 @@
 """Rollout generation: tokens drawn by inverse CDF from exactly softmax(logits / T), and a LoRA adapter merged into the
 weights: the same function while merged, the exact base weights afterwards (the reference policy must not drift), and
-no merge where merging would change the policy; batched decoding over weights packed for the batch size computes the
-same answers."""
+no merge where merging would change the policy; batched decoding over weights packed for the batch size, and prompts
+run ahead without their padding, compute the same answers."""
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from medgpt.generation import InverseCdfSampler, exact_sampling, lora_merged, packed_for_batch
+from medgpt.generation import (
+    InverseCdfSampler,
+    exact_sampling,
+    lora_merged,
+    packed_for_batch,
+    prefilled_without_padding,
+)
+from medgpt.shared_prefix import left_pad
 
 
 def lora_model(model_dir, dtype: torch.dtype):
@@ -81,11 +88,10 @@ def test_generate_with_exact_sampling_is_seeded_and_samples(tiny_model_dir):
     assert torch.equal(first, again) and not torch.equal(first, other) and not torch.equal(first, greedy)
 
 
-def greedy_with_logits(model, ids):
+def greedy_with_logits(model, ids, **inputs):
     with torch.no_grad():
-        out = model.generate(
-            input_ids=ids, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True
-        )
+        settings = {"max_new_tokens": 6, "do_sample": False, "output_logits": True, "return_dict_in_generate": True}
+        out = model.generate(input_ids=ids, **settings, **inputs)
     return out.sequences, torch.stack(out.logits, 1)
 
 
@@ -133,3 +139,37 @@ def test_single_sequences_and_low_precision_are_not_packed(tiny_model_dir):
     with packed_for_batch(half, 8) as packed:
         assert not packed
     assert not any("forward" in vars(m) for m in [*model.modules(), *half.modules()])
+
+
+@pytest.mark.parametrize("shared", [0, 10])
+def test_prompts_run_ahead_without_padding_give_the_same_answers(tiny_model_dir, shared):
+    """Rows of 3 to 17 tokens, left-padded to 17 (with a 10-token beginning all share, or none): the prompt pass runs
+    the shared beginning once and each row's own tokens but its last, never a padded column; generate then decodes
+    the same greedy tokens with the same logits as after the padded prompt pass."""
+    model = lora_model(tiny_model_dir, torch.float32)
+    torch.manual_seed(1)
+    beginning = torch.randint(3, 500, (shared,)).tolist()
+    rows = [beginning + torch.randint(3, 500, (length,)).tolist() for length in (7, 3, 1, 5)] if shared else None
+    rows = rows or [torch.randint(3, 500, (length,)).tolist() for length in (17, 3, 1, 9)]
+    ids, mask = left_pad(rows, pad_id=0)
+    padded_ids, padded_logits = greedy_with_logits(model, ids, attention_mask=mask)
+    widths = []
+    embeddings = model.get_input_embeddings()
+    hook = embeddings.register_forward_hook(lambda module, args, output: widths.append(args[0].shape[1]))
+    try:
+        cache = prefilled_without_padding(model, ids, mask)
+    finally:
+        hook.remove()
+    lengths = [len(row) for row in rows]
+    assert sum(widths) == shared + sum(length - 1 - shared for length in lengths), widths
+    assert max(widths) < ids.shape[1] and len(widths) == (1 if shared else 0) + sum(n - shared > 1 for n in lengths)
+    assert cache.get_seq_length() == ids.shape[1] - 1
+    ahead_ids, ahead_logits = greedy_with_logits(model, ids, attention_mask=mask, past_key_values=cache)
+    assert torch.equal(ahead_ids, padded_ids)
+    torch.testing.assert_close(ahead_logits, padded_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_one_row_and_one_token_prompts_run_padded(tiny_model_dir):
+    model = lora_model(tiny_model_dir, torch.float32)
+    assert prefilled_without_padding(model, torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.long)) is None
+    assert prefilled_without_padding(model, torch.tensor([[5], [6]]), torch.ones(2, 1, dtype=torch.long)) is None

@@ -143,7 +143,10 @@ def test_the_trainer_internals_ppo_runs_on_are_pinned():
 
 def test_every_rollout_is_generated_with_the_kv_cache(eos_padded_policy, reward_dir, tmp_path, monkeypatch):
     """With --gradient_checkpointing (a layer checkpointed in training mode drops the KV cache), each rollout still
-    runs the prompt once and then one new token per forward pass. The same run logs each step's phase seconds."""
+    runs the prompt once and then one new token per forward pass. On the CPU the prompt runs ahead without its
+    padding (medgpt.generation.prefilled_without_padding): the beginning all rows share once, then each row's own
+    tokens but its last, never a padded column; generate's first pass is then the prompts' last column. The same run
+    logs each step's phase seconds."""
     write_jsonl(tmp_path / "prompts" / "train.jsonl", PROMPTS)
     calls, original = [], PPOTrainer.generate
 
@@ -155,16 +158,18 @@ def test_every_rollout_is_generated_with_the_kv_cache(eos_padded_policy, reward_
             queries, query_mask, responses = original(self, model, batch)
         finally:
             hook.remove()
-        calls.append((queries.shape[1], lengths))
+        calls.append((query_mask, responses.shape[1], lengths))
         return queries, query_mask, responses
 
     monkeypatch.setattr(PPOTrainer, "generate", generate)
     extra = ("--gradient_checkpointing", "True", "--max_steps", "3")
     ppo_training.main(ppo_argv(eos_padded_policy, reward_dir, tmp_path / "prompts", tmp_path / "out", *extra))
     assert len(calls) == 3
-    for prompt_length, lengths in calls:
-        assert lengths[0] == prompt_length and len(lengths) > 1
-        assert set(lengths[1:]) == {1}, f"a forward pass over the whole sequence: no KV cache ({lengths})"
+    for query_mask, answer_columns, lengths in calls:
+        ahead, decoded = lengths[:-answer_columns], lengths[-answer_columns:]  # a forward per answer column
+        assert decoded == [1] * answer_columns, f"a forward pass over the whole sequence: no KV cache ({lengths})"
+        assert 0 < sum(ahead) <= int((query_mask.sum(1) - 1).sum()), "the prompt ran more than once or padded"
+        assert max(ahead) < query_mask.shape[1], f"a padded prompt pass ({lengths})"
     logged = assert_phase_seconds(tmp_path / "out", steps=3)
     assert all(entry["time/rollout_forward"] > 0 for entry in logged)
 
