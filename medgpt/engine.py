@@ -24,7 +24,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
 
 from medgpt.chat import TOOL_FORMATS, parse_tool_calls
-from medgpt.generation import cut_at_stop, generation_kwargs, stop_strings
+from medgpt.generation import cut_at_stop, generation_kwargs, prefilled_without_padding, stop_strings
 
 
 @dataclass
@@ -326,7 +326,9 @@ class ChatEngine:
             set_seed(seed)  # global RNG: reproducible when generations do not overlap
         inputs = inputs.to(self.model.device)
         with torch.no_grad():
-            return self.model.generate(**inputs, **kwargs, use_cache=True)
+            # Concurrent requests come in all lengths: on the CPU their prompts run ahead without the padding.
+            ahead = prefilled_without_padding(self.model, inputs["input_ids"], inputs["attention_mask"])
+            return self.model.generate(**inputs, **kwargs, past_key_values=ahead, use_cache=True)
 
     def _finish_ids(self, new_ids, stops, tools, max_new_tokens: int, prompt_tokens: int) -> Reply:
         text = self.tokenizer.decode(new_ids, skip_special_tokens=True)

@@ -37,6 +37,25 @@ def test_a_batch_answers_as_each_prompt_alone_within_its_own_budget(engine):
     assert all(r.completion_tokens <= n for r, n in zip(together, budgets, strict=True))
 
 
+def test_a_long_prompt_among_short_ones_runs_ahead_without_their_padding(engine):
+    """On the CPU a batch whose padding is worth it runs its prompts ahead of generate without the padding (the
+    system prompt they share once, then each request's own tokens): no pass over the padded width, and the answers
+    each prompt gets alone."""
+    batch = [engine.render([{"role": "user", "content": " ".join(QUESTIONS) * 6}]), *prompts(engine)[:3]]
+    alone = [engine.complete(p, temperature=0, max_new_tokens=6).text for p in batch]
+    widths = []  # tokens per forward pass
+    embeddings = engine.model.get_input_embeddings()
+    hook = embeddings.register_forward_hook(lambda module, args, output: widths.append(args[0].shape[1]))
+    try:
+        together = engine.complete_batch(batch, [None] * len(batch), temperature=0, max_new_tokens=6)
+    finally:
+        hook.remove()
+    lengths = [engine.count_tokens(p) for p in batch]
+    assert 1 < max(widths) < max(lengths), f"a pass over the padded prompts ({widths}, prompts of {lengths} tokens)"
+    assert sum(widths) < sum(lengths) + 6, "a prompt ran more than once"
+    assert [r.text for r in together] == alone
+
+
 def test_the_queue_groups_requests_by_their_settings(engine):
     queue = BatchingQueue(engine, max_batch_size=8, max_wait=0.5)
     pending = [queue.submit(p, temperature=0, max_new_tokens=6) for p in prompts(engine)]

@@ -143,14 +143,14 @@ def test_single_sequences_and_low_precision_are_not_packed(tiny_model_dir):
 
 @pytest.mark.parametrize("shared", [0, 10])
 def test_prompts_run_ahead_without_padding_give_the_same_answers(tiny_model_dir, shared):
-    """Rows of 3 to 17 tokens, left-padded to 17 (with a 10-token beginning all share, or none): the prompt pass runs
-    the shared beginning once and each row's own tokens but its last, never a padded column; generate then decodes
-    the same greedy tokens with the same logits as after the padded prompt pass."""
+    """Rows of 1 to 150 tokens, left-padded to 150 (with a 10-token beginning all share, or none): the prompt pass
+    runs the shared beginning once and each row's own tokens but its last, never a padded column; generate then
+    decodes the same greedy tokens with the same logits as after the padded prompt pass."""
     model = lora_model(tiny_model_dir, torch.float32)
     torch.manual_seed(1)
     beginning = torch.randint(3, 500, (shared,)).tolist()
-    rows = [beginning + torch.randint(3, 500, (length,)).tolist() for length in (7, 3, 1, 5)] if shared else None
-    rows = rows or [torch.randint(3, 500, (length,)).tolist() for length in (17, 3, 1, 9)]
+    rows = [beginning + torch.randint(3, 500, (length,)).tolist() for length in (140, 3, 1, 40)] if shared else None
+    rows = rows or [torch.randint(3, 500, (length,)).tolist() for length in (150, 3, 1, 40)]
     ids, mask = left_pad(rows, pad_id=0)
     padded_ids, padded_logits = greedy_with_logits(model, ids, attention_mask=mask)
     widths = []
@@ -169,7 +169,11 @@ def test_prompts_run_ahead_without_padding_give_the_same_answers(tiny_model_dir,
     torch.testing.assert_close(ahead_logits, padded_logits, atol=1e-5, rtol=1e-5)
 
 
-def test_one_row_and_one_token_prompts_run_padded(tiny_model_dir):
+def test_one_row_one_token_right_padded_and_barely_padded_prompts_run_padded(tiny_model_dir):
     model = lora_model(tiny_model_dir, torch.float32)
+    ids, mask = left_pad([list(range(3, 3 + n)) for n in (17, 3, 1, 9)], pad_id=0)  # 38 padded positions, 3 passes
+    assert prefilled_without_padding(model, ids, mask) is None
     assert prefilled_without_padding(model, torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.long)) is None
     assert prefilled_without_padding(model, torch.tensor([[5], [6]]), torch.ones(2, 1, dtype=torch.long)) is None
+    right = torch.tensor([[1, 1, 1], [1, 1, 0]])  # generate would go on from the second row's padding
+    assert prefilled_without_padding(model, torch.tensor([[5, 6, 7], [5, 6, 0]]), right) is None

@@ -147,7 +147,8 @@ def test_every_rollout_is_generated_with_the_kv_cache(eos_padded_policy, reward_
     padding (medgpt.generation.prefilled_without_padding): the beginning all rows share once, then each row's own
     tokens but its last, never a padded column; generate's first pass is then the prompts' last column. The same run
     logs each step's phase seconds."""
-    write_jsonl(tmp_path / "prompts" / "train.jsonl", PROMPTS)
+    long = {"conversations": [{"from": "human", "value": "My knee hurts after running. " * 12}]}
+    write_jsonl(tmp_path / "prompts" / "train.jsonl", [*PROMPTS[:3], long])  # one long prompt pads the rollout
     calls, original = [], PPOTrainer.generate
 
     def generate(self, model, batch):
