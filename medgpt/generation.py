@@ -208,7 +208,7 @@ def packed_for_batch(model: nn.Module, batch_size: int) -> Iterator[bool]:
 # A pass over a few tokens costs more than its share of a long one (its kernel calls, small matrix products): running
 # the prompts ahead pays where each pass beyond the one padded pass saves at least this many positions. Measured on 2
 # CPU cores with SmolLM2-135M: 8 rows saving 740 positions in 8 extra passes ran as fast as the padded pass (1.00x), 4
-# rows saving 607 in 4 extra passes 1.09x faster, 3 short chat requests saving 97 in 3 slower (0.92-0.97x).
+# rows saving 532 in 3 extra passes 1.09x faster, 3 short chat requests saving 97 in 3 slower (0.92-0.97x).
 SAVED_POSITIONS_PER_PASS = 96
 
 
