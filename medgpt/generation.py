@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from medgpt.shared_prefix import MIN_SHARED_TOKENS, shared_prefix_length, supports_shared_prefix
+from medgpt.shared_prefix import MIN_SHARED_TOKENS, shared_prefix_length, split_prompts, supports_shared_prefix
 
 
 def stop_strings(template, extra: str = "") -> list[str]:
@@ -245,28 +245,29 @@ def prefilled_without_padding(
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's own forward
     head = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
     run = functools.partial(model, use_cache=True, **head)  # one logit per pass, where the model can
-    computed: list[list[tuple[torch.Tensor, torch.Tensor]]] = []  # per row, per layer: [1, heads, length - 1, dim]
+    per_row: list[DynamicCache | None] = []  # a row's real tokens but its last; None: nothing to run ahead
     with torch.no_grad():
         prefix = DynamicCache(config=model.config)
         if shared:
-            start = width - lengths[0]
-            run(input_ids=queries[:1, start : start + shared], past_key_values=prefix)
-        for row, length in enumerate(lengths):
-            own = queries[row : row + 1, width - length + shared : width - 1]  # after the prefix, but the last token
+            run(input_ids=split_prompts(queries, query_mask, shared)[0], past_key_values=prefix)
+        for row, own_length in enumerate(own_lengths):
+            if not shared and own_length == 0:
+                per_row.append(None)
+                continue
             cache = DynamicCache(config=model.config)
             for index, layer in enumerate(prefix.layers if shared else []):
                 cache.update(layer.keys, layer.values, index)  # a new tensor per update: the prefix stays as it is
-            if own.shape[1]:  # positions go on from the cache's length, the prefix's
-                run(input_ids=own, past_key_values=cache)
-            computed.append([(layer.keys, layer.values) for layer in cache.layers if shared or own.shape[1]])
-    sample = next(layers for layers in computed if layers)
+            if own_length:  # after the prefix, but the last token; positions go on from the prefix's
+                run(input_ids=queries[row : row + 1, width - 1 - own_length : width - 1], past_key_values=cache)
+            per_row.append(cache)
+    layers = next(row.layers for row in per_row if row is not None)
     cache = DynamicCache(config=model.config)
-    for index, (keys, values) in enumerate(sample):
-        all_keys = keys.new_zeros(rows, keys.shape[1], width - 1, keys.shape[3])
-        all_values = values.new_zeros(rows, values.shape[1], width - 1, values.shape[3])
-        for row, (length, layers) in enumerate(zip(lengths, computed, strict=True)):
-            if layers:
-                all_keys[row, :, width - length : width - 1] = layers[index][0][0]
-                all_values[row, :, width - length : width - 1] = layers[index][1][0]
-        cache.update(all_keys, all_values, index)
+    for index, layer in enumerate(layers):
+        keys = layer.keys.new_zeros(rows, layer.keys.shape[1], width - 1, layer.keys.shape[3])
+        values = layer.values.new_zeros(rows, layer.values.shape[1], width - 1, layer.values.shape[3])
+        for row, (length, row_cache) in enumerate(zip(lengths, per_row, strict=True)):
+            if row_cache is not None:  # the row's real columns but the prompt's last
+                keys[row, :, width - length :] = row_cache.layers[index].keys[0]
+                values[row, :, width - length :] = row_cache.layers[index].values[0]
+        cache.update(keys, values, index)
     return cache

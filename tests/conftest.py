@@ -169,6 +169,19 @@ def running(app):
         thread.join(timeout=30)
 
 
+@contextmanager
+def forward_widths(model):
+    """Yields a list that gets the tokens per row of each forward pass of `model` (its input embeddings' input width)
+    while the block runs: the prompt's width for a padded prompt pass, 1 for a decode step with the KV cache."""
+    widths: list[int] = []
+    embeddings = model.get_input_embeddings()
+    hook = embeddings.register_forward_hook(lambda module, args, output: widths.append(args[0].shape[1]))
+    try:
+        yield widths
+    finally:
+        hook.remove()
+
+
 ROOT_DIR = Path(__file__).resolve().parents[1]
 # Runs a stage script in a child process that stops at a chosen point and says so on stdout, so the test can kill
 # it there: after the checkpoint of step PAUSE_AT is complete, or inside the step after PAUSE_AT.

@@ -6,7 +6,7 @@ import concurrent.futures
 import threading
 
 import pytest
-from conftest import running
+from conftest import forward_widths, running
 
 import openai_api
 from medgpt.batching import BatchingQueue
@@ -43,13 +43,8 @@ def test_a_long_prompt_among_short_ones_runs_ahead_without_their_padding(engine)
     each prompt gets alone."""
     batch = [engine.render([{"role": "user", "content": " ".join(QUESTIONS) * 6}]), *prompts(engine)[:3]]
     alone = [engine.complete(p, temperature=0, max_new_tokens=6).text for p in batch]
-    widths = []  # tokens per forward pass
-    embeddings = engine.model.get_input_embeddings()
-    hook = embeddings.register_forward_hook(lambda module, args, output: widths.append(args[0].shape[1]))
-    try:
+    with forward_widths(engine.model) as widths:
         together = engine.complete_batch(batch, [None] * len(batch), temperature=0, max_new_tokens=6)
-    finally:
-        hook.remove()
     lengths = [engine.count_tokens(p) for p in batch]
     assert 1 < max(widths) < max(lengths), f"a pass over the padded prompts ({widths}, prompts of {lengths} tokens)"
     assert sum(widths) < sum(lengths) + 6, "a prompt ran more than once"

@@ -5,6 +5,7 @@ run ahead without their padding, compute the same answers."""
 
 import pytest
 import torch
+from conftest import forward_widths
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
@@ -153,13 +154,8 @@ def test_prompts_run_ahead_without_padding_give_the_same_answers(tiny_model_dir,
     rows = rows or [torch.randint(3, 500, (length,)).tolist() for length in (150, 3, 1, 40)]
     ids, mask = left_pad(rows, pad_id=0)
     padded_ids, padded_logits = greedy_with_logits(model, ids, attention_mask=mask)
-    widths = []
-    embeddings = model.get_input_embeddings()
-    hook = embeddings.register_forward_hook(lambda module, args, output: widths.append(args[0].shape[1]))
-    try:
+    with forward_widths(model) as widths:
         cache = prefilled_without_padding(model, ids, mask)
-    finally:
-        hook.remove()
     lengths = [len(row) for row in rows]
     assert sum(widths) == shared + sum(length - 1 - shared for length in lengths), widths
     assert max(widths) < ids.shape[1] and len(widths) == (1 if shared else 0) + sum(n - shared > 1 for n in lengths)

@@ -3,7 +3,7 @@ from, whatever the checkpoint's generation_config says; sampling settings that w
 
 import pytest
 import torch
-from conftest import assert_phase_seconds, record_sampling, write_jsonl
+from conftest import assert_phase_seconds, forward_widths, record_sampling, write_jsonl
 from trl import GRPOTrainer
 
 import grpo_training
@@ -78,13 +78,9 @@ def test_every_rollout_is_generated_with_the_kv_cache(eos_padded_policy, tmp_pat
     calls, original = [], GenerationMixin.generate
 
     def generate(self, *args, **kwargs):
-        lengths: list[int] = []
-        hook = self.get_input_embeddings().register_forward_hook(lambda m, a, out: lengths.append(a[0].shape[1]))
-        try:
+        with forward_widths(self) as lengths:
+            calls.append(lengths)  # filled while generate runs
             return original(self, *args, **kwargs)
-        finally:
-            hook.remove()
-            calls.append(lengths)
 
     monkeypatch.setattr(GenerationMixin, "generate", generate)
     extra = ("--gradient_checkpointing", "True", "--max_steps", "2", "--bf16", "False", "--beta", "0.04")

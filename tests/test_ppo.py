@@ -4,7 +4,7 @@ PPO starts from when it continues an adapter (--peft_path)."""
 
 import pytest
 import torch
-from conftest import assert_phase_seconds, record_sampling, write_jsonl
+from conftest import assert_phase_seconds, forward_widths, record_sampling, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 import ppo_training
@@ -152,13 +152,8 @@ def test_every_rollout_is_generated_with_the_kv_cache(eos_padded_policy, reward_
     calls, original = [], PPOTrainer.generate
 
     def generate(self, model, batch):
-        lengths: list[int] = []
-        embeddings = self.accelerator.unwrap_model(model).policy.get_input_embeddings()
-        hook = embeddings.register_forward_hook(lambda module, args, output: lengths.append(args[0].shape[1]))
-        try:
+        with forward_widths(self.accelerator.unwrap_model(model).policy) as lengths:
             queries, query_mask, responses = original(self, model, batch)
-        finally:
-            hook.remove()
         calls.append((query_mask, responses.shape[1], lengths))
         return queries, query_mask, responses
 
