@@ -205,11 +205,16 @@ def packed_for_batch(model: nn.Module, batch_size: int) -> Iterator[bool]:
             del module.forward
 
 
-# A pass over a few tokens costs more than its share of a long one (its kernel calls, small matrix products): running
-# the prompts ahead pays where each pass beyond the one padded pass saves at least this many positions. Measured on 2
-# CPU cores with SmolLM2-135M: 8 rows saving 740 positions in 8 extra passes ran as fast as the padded pass (1.00x), 4
-# rows saving 532 in 3 extra passes 1.09x faster, 3 short chat requests saving 97 in 3 slower (0.92-0.97x).
+# Running the prompts ahead costs passes of its own (the shared beginning, the packed rows), and generate then runs
+# the prompts' last column as one more: it pays where the padded pass would run at least this many padded or repeated
+# positions per pass ahead. Measured on 2 CPU cores with SmolLM2-135M, generate of 48-64 tokens, in 2 passes ahead: 4
+# rows saving 622-704 positions 1.26x faster, 8 rows saving 740 1.05x; 4 rows saving 143 0.97x, 103 0.98x, 3 chat
+# requests saving 65 0.96-1.02x.
 SAVED_POSITIONS_PER_PASS = 96
+# The rows' own tokens run together in passes of at most this many tokens, kept apart by a block-diagonal mask. The
+# mask's blocks off the diagonal cost attention for nothing, a share that grows with the pass: at 1024 tokens about a
+# tenth of SmolLM2-135M's pass.
+PACKED_TOKENS_PER_PASS = 1024
 
 
 def prefilled_without_padding(
@@ -217,20 +222,23 @@ def prefilled_without_padding(
 ) -> DynamicCache | None:
     """On the CPU, the KV cache of the prompts `queries` [B, Lq] (left-padded, `query_mask` [B, Lq]) but their last
     column, computed without their padding: the beginning every row shares once (a system prompt, where it is at least
-    MIN_SHARED_TOKENS long), then each row's own tokens alone. Laid out as the prompts are (a row's keys and values in
-    its real columns, zeros under its padding), so `generate(input_ids=queries, attention_mask=query_mask,
+    MIN_SHARED_TOKENS long), then the rows' own tokens packed into one pass (PACKED_TOKENS_PER_PASS), each row seeing
+    the shared beginning and its own tokens only. Laid out as the prompts are (a row's keys and values in its real
+    columns, zeros under its padding), so `generate(input_ids=queries, attention_mask=query_mask,
     past_key_values=cache)` runs the last column and decodes as after a padded prompt pass, to float rounding.
 
     A padded prompt pass runs B x Lq positions where the rows hold their real tokens only: in the demo's PPO (4 chat
     prompts cut at 256 tokens), a batch with one long prompt is 60% padding, and that pass took 1.3 s of a 6 s
     rollout against 0.3 s for a batch of short ones (docs/performance.md). On a GPU one padded pass over all rows is
-    cheaper than a pass per row, so there (and for one row, or a model whose cache is not plain keys and values, such
-    as a sliding-window one, or prompts not padded on the left), and where the padding is too little to pay for a
-    pass per row (SAVED_POSITIONS_PER_PASS), this returns None and generate runs the padded prompt as usual. No
-    gradients.
+    cheaper, so there (and for one row, or a model whose cache is not plain keys and values, such as a sliding-window
+    one, or whose attention takes no custom mask, or prompts not padded on the left), and where the padding is too
+    little to pay for the passes (SAVED_POSITIONS_PER_PASS), this returns None and generate runs the padded prompt as
+    usual. No gradients.
     """
     rows, width = queries.shape
     if queries.device.type != "cpu" or rows < 2 or width < 2 or not supports_shared_prefix(model):
+        return None
+    if getattr(model.config, "_attn_implementation", None) not in ("sdpa", "eager"):  # these take a 4D float mask
         return None
     if not query_mask[:, -1].all():  # padded on the right: generate would go on from a padding column
         return None
@@ -238,36 +246,73 @@ def prefilled_without_padding(
     shared = shared_prefix_length(queries, query_mask)
     shared = shared if shared >= MIN_SHARED_TOKENS else 0
     own_lengths = [length - 1 - shared for length in lengths]
-    passes = bool(shared) + sum(n > 0 for n in own_lengths)
+    groups = _packed_groups(own_lengths, PACKED_TOKENS_PER_PASS)
+    passes = bool(shared) + len(groups)
     saved = rows * (width - 1) - shared - sum(own_lengths)  # padded (and repeated) positions the padded pass runs
-    if passes == 0 or saved < SAVED_POSITIONS_PER_PASS * (passes - 1):
+    if passes == 0 or saved < SAVED_POSITIONS_PER_PASS * passes:
         return None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's own forward
     head = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
     run = functools.partial(model, use_cache=True, **head)  # one logit per pass, where the model can
-    per_row: list[DynamicCache | None] = []  # a row's real tokens but its last; None: nothing to run ahead
+    own: dict[int, tuple[DynamicCache, int]] = {}  # row -> the cache holding its own tokens, where they begin there
     with torch.no_grad():
         prefix = DynamicCache(config=model.config)
         if shared:
             run(input_ids=split_prompts(queries, query_mask, shared)[0], past_key_values=prefix)
-        for row, own_length in enumerate(own_lengths):
-            if not shared and own_length == 0:
-                per_row.append(None)
-                continue
+        for group in groups:
             cache = DynamicCache(config=model.config)
             for index, layer in enumerate(prefix.layers if shared else []):
                 cache.update(layer.keys, layer.values, index)  # a new tensor per update: the prefix stays as it is
-            if own_length:  # after the prefix, but the last token; positions go on from the prefix's
-                run(input_ids=queries[row : row + 1, width - 1 - own_length : width - 1], past_key_values=cache)
-            per_row.append(cache)
-    layers = next(row.layers for row in per_row if row is not None)
+            segments = [(row, own_lengths[row]) for row in group]
+            tokens = torch.cat([queries[row, width - 1 - n : width - 1] for row, n in segments])[None]
+            positions = torch.cat([torch.arange(shared, shared + n) for _, n in segments])[None]
+            mask = packed_attention_mask([n for _, n in segments], shared, model.dtype)
+            run(input_ids=tokens, position_ids=positions, attention_mask=mask, past_key_values=cache)
+            start = shared
+            for row, n in segments:
+                own[row] = (cache, start)
+                start += n
+    layers = (prefix if shared else next(iter(own.values()))[0]).layers
     cache = DynamicCache(config=model.config)
     for index, layer in enumerate(layers):
         keys = layer.keys.new_zeros(rows, layer.keys.shape[1], width - 1, layer.keys.shape[3])
         values = layer.values.new_zeros(rows, layer.values.shape[1], width - 1, layer.values.shape[3])
-        for row, (length, row_cache) in enumerate(zip(lengths, per_row, strict=True)):
-            if row_cache is not None:  # the row's real columns but the prompt's last
-                keys[row, :, width - length :] = row_cache.layers[index].keys[0]
-                values[row, :, width - length :] = row_cache.layers[index].values[0]
+        for row, length in enumerate(lengths):
+            first = width - length  # the row's first real column
+            if shared:
+                keys[row, :, first : first + shared] = prefix.layers[index].keys[0]
+                values[row, :, first : first + shared] = prefix.layers[index].values[0]
+            if row in own:  # the row's own columns but the prompt's last
+                source, start = own[row]
+                n = own_lengths[row]
+                keys[row, :, width - 1 - n : width - 1] = source.layers[index].keys[0, :, start : start + n]
+                values[row, :, width - 1 - n : width - 1] = source.layers[index].values[0, :, start : start + n]
         cache.update(keys, values, index)
     return cache
+
+
+def _packed_groups(own_lengths: list[int], budget: int) -> list[list[int]]:
+    """The rows with tokens of their own, in order, grouped into passes of at most `budget` tokens (a longer row
+    alone)."""
+    groups: list[list[int]] = []
+    total = budget
+    for row, n in enumerate(own_lengths):
+        if n <= 0:
+            continue
+        if total + n > budget:
+            groups.append([])
+            total = 0
+        groups[-1].append(row)
+        total += n
+    return groups
+
+
+def packed_attention_mask(own_lengths: list[int], shared: int, dtype: torch.dtype) -> torch.Tensor:
+    """[1, 1, N, shared + N] additive mask (0 where attended, the dtype's lowest elsewhere) of one pass over several
+    rows' tokens laid end to end (N = sum of own_lengths) after a shared beginning of `shared` cached tokens: each
+    token sees the whole beginning and its own row's tokens up to itself."""
+    row_of = torch.repeat_interleave(torch.arange(len(own_lengths)), torch.tensor(own_lengths))
+    order = torch.arange(len(row_of))
+    own = (row_of[:, None] == row_of[None, :]) & (order[:, None] >= order[None, :])
+    seen = torch.cat([torch.ones(len(row_of), shared, dtype=torch.bool), own], dim=1)
+    return torch.zeros(seen.shape, dtype=dtype).masked_fill_(~seen, torch.finfo(dtype).min)[None, None]

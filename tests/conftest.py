@@ -170,14 +170,15 @@ def running(app):
 
 
 @contextmanager
-def forward_widths(model):
-    """Yields a list that gets the tokens per row of each forward pass of `model` (its input embeddings' input width)
-    while the block runs: the prompt's width for a padded prompt pass, 1 for a decode step with the KV cache."""
-    widths: list[int] = []
+def forward_shapes(model):
+    """Yields a list that gets (rows, tokens per row) of each forward pass of `model` (its input embeddings' input)
+    while the block runs: (B, the prompt's width) for a padded prompt pass, (B, 1) for a decode step with the KV
+    cache, (1, their tokens) for prompts run ahead packed into one row."""
+    shapes: list[tuple[int, int]] = []
     embeddings = model.get_input_embeddings()
-    hook = embeddings.register_forward_hook(lambda module, args, output: widths.append(args[0].shape[1]))
+    hook = embeddings.register_forward_hook(lambda module, args, output: shapes.append(tuple(args[0].shape)))
     try:
-        yield widths
+        yield shapes
     finally:
         hook.remove()
 

@@ -5,7 +5,7 @@ run ahead without their padding, compute the same answers."""
 
 import pytest
 import torch
-from conftest import forward_widths
+from conftest import forward_shapes
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
@@ -13,6 +13,7 @@ from medgpt.generation import (
     InverseCdfSampler,
     exact_sampling,
     lora_merged,
+    packed_attention_mask,
     packed_for_batch,
     prefilled_without_padding,
 )
@@ -142,11 +143,13 @@ def test_single_sequences_and_low_precision_are_not_packed(tiny_model_dir):
     assert not any("forward" in vars(m) for m in [*model.modules(), *half.modules()])
 
 
-@pytest.mark.parametrize("shared", [0, 10])
-def test_prompts_run_ahead_without_padding_give_the_same_answers(tiny_model_dir, shared):
+@pytest.mark.parametrize(("shared", "budget"), [(0, 1024), (10, 1024), (10, 60)])
+def test_prompts_run_ahead_without_padding_give_the_same_answers(tiny_model_dir, monkeypatch, shared, budget):
     """Rows of 1 to 150 tokens, left-padded to 150 (with a 10-token beginning all share, or none): the prompt pass
-    runs the shared beginning once and each row's own tokens but its last, never a padded column; generate then
-    decodes the same greedy tokens with the same logits as after the padded prompt pass."""
+    runs the shared beginning once and the rows' own tokens but their last packed into one row (into several where
+    they pass the budget of a pass), never a padded column; generate then decodes the same greedy tokens with the
+    same logits as after the padded prompt pass."""
+    monkeypatch.setattr("medgpt.generation.PACKED_TOKENS_PER_PASS", budget)
     model = lora_model(tiny_model_dir, torch.float32)
     torch.manual_seed(1)
     beginning = torch.randint(3, 500, (shared,)).tolist()
@@ -154,20 +157,37 @@ def test_prompts_run_ahead_without_padding_give_the_same_answers(tiny_model_dir,
     rows = rows or [torch.randint(3, 500, (length,)).tolist() for length in (150, 3, 1, 40)]
     ids, mask = left_pad(rows, pad_id=0)
     padded_ids, padded_logits = greedy_with_logits(model, ids, attention_mask=mask)
-    with forward_widths(model) as widths:
+    with forward_shapes(model) as shapes:
         cache = prefilled_without_padding(model, ids, mask)
-    lengths = [len(row) for row in rows]
-    assert sum(widths) == shared + sum(length - 1 - shared for length in lengths), widths
-    assert max(widths) < ids.shape[1] and len(widths) == (1 if shared else 0) + sum(n - shared > 1 for n in lengths)
+    own = [len(row) - 1 - shared for row in rows]
+    packed = [[139], [2, 39]] if budget == 60 else [[n for n in own if n]]  # 139 > 60 runs alone
+    assert shapes == [(1, shared)] * bool(shared) + [(1, sum(group)) for group in packed], shapes
     assert cache.get_seq_length() == ids.shape[1] - 1
     ahead_ids, ahead_logits = greedy_with_logits(model, ids, attention_mask=mask, past_key_values=cache)
     assert torch.equal(ahead_ids, padded_ids)
     torch.testing.assert_close(ahead_logits, padded_logits, atol=1e-5, rtol=1e-5)
 
 
+def test_packed_rows_see_the_shared_beginning_and_their_own_tokens_only():
+    blocked = torch.finfo(torch.float32).min
+    mask = packed_attention_mask([2, 1, 3], shared=2, dtype=torch.float32)
+    seen = [
+        [1, 1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 1, 0, 0, 0],
+        [1, 1, 0, 0, 0, 1, 0, 0],
+        [1, 1, 0, 0, 0, 1, 1, 0],
+        [1, 1, 0, 0, 0, 1, 1, 1],
+    ]
+    expected = torch.where(torch.tensor(seen, dtype=torch.bool), 0.0, blocked)[None, None]
+    assert mask.shape == (1, 1, 6, 8) and mask.dtype == torch.float32
+    assert torch.equal(mask, expected)
+    assert packed_attention_mask([1, 1], shared=0, dtype=torch.bfloat16).dtype == torch.bfloat16
+
+
 def test_one_row_one_token_right_padded_and_barely_padded_prompts_run_padded(tiny_model_dir):
     model = lora_model(tiny_model_dir, torch.float32)
-    ids, mask = left_pad([list(range(3, 3 + n)) for n in (17, 3, 1, 9)], pad_id=0)  # 38 padded positions, 3 passes
+    ids, mask = left_pad([list(range(3, 3 + n)) for n in (17, 3, 1, 9)], pad_id=0)  # 38 padded positions, 1 pass ahead
     assert prefilled_without_padding(model, ids, mask) is None
     assert prefilled_without_padding(model, torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.long)) is None
     assert prefilled_without_padding(model, torch.tensor([[5], [6]]), torch.ones(2, 1, dtype=torch.long)) is None

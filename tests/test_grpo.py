@@ -3,7 +3,7 @@ from, whatever the checkpoint's generation_config says; sampling settings that w
 
 import pytest
 import torch
-from conftest import assert_phase_seconds, forward_widths, record_sampling, write_jsonl
+from conftest import assert_phase_seconds, forward_shapes, record_sampling, write_jsonl
 from trl import GRPOTrainer
 
 import grpo_training
@@ -78,15 +78,16 @@ def test_every_rollout_is_generated_with_the_kv_cache(eos_padded_policy, tmp_pat
     calls, original = [], GenerationMixin.generate
 
     def generate(self, *args, **kwargs):
-        with forward_widths(self) as lengths:
-            calls.append(lengths)  # filled while generate runs
+        with forward_shapes(self) as shapes:
+            calls.append(shapes)  # filled while generate runs
             return original(self, *args, **kwargs)
 
     monkeypatch.setattr(GenerationMixin, "generate", generate)
     extra = ("--gradient_checkpointing", "True", "--max_steps", "2", "--bf16", "False", "--beta", "0.04")
     grpo_training.main(grpo_argv(eos_padded_policy, tmp_path / "qa", tmp_path / "out", *extra))
     assert len(calls) >= 2
-    for lengths in calls:
-        assert len(lengths) > 1 and set(lengths[1:]) == {1}, f"a forward pass over the whole sequence ({lengths})"
+    for shapes in calls:
+        widths = [width for _, width in shapes]
+        assert len(widths) > 1 and set(widths[1:]) == {1}, f"a forward pass over the whole sequence ({shapes})"
     logged = assert_phase_seconds(tmp_path / "out", steps=2)
     assert all(entry["time/rollout_forward"] > 0 for entry in logged)

@@ -4,7 +4,7 @@ PPO starts from when it continues an adapter (--peft_path)."""
 
 import pytest
 import torch
-from conftest import assert_phase_seconds, forward_widths, record_sampling, write_jsonl
+from conftest import assert_phase_seconds, forward_shapes, record_sampling, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 import ppo_training
@@ -144,28 +144,32 @@ def test_the_trainer_internals_ppo_runs_on_are_pinned():
 def test_every_rollout_is_generated_with_the_kv_cache(eos_padded_policy, reward_dir, tmp_path, monkeypatch):
     """With --gradient_checkpointing (a layer checkpointed in training mode drops the KV cache), each rollout still
     runs the prompt once and then one new token per forward pass. On the CPU the prompt runs ahead without its
-    padding (medgpt.generation.prefilled_without_padding): the beginning all rows share once, then each row's own
-    tokens but its last, never a padded column; generate's first pass is then the prompts' last column. The same run
+    padding (medgpt.generation.prefilled_without_padding): the beginning all rows share once, then the rows' own
+    tokens but their last packed into one row, never a padded column; generate's first pass is then the prompts' last
+    column. The same run
     logs each step's phase seconds."""
     long = {"conversations": [{"from": "human", "value": "My knee hurts after running. " * 12}]}
     write_jsonl(tmp_path / "prompts" / "train.jsonl", [*PROMPTS[:3], long])  # one long prompt pads the rollout
     calls, original = [], PPOTrainer.generate
 
     def generate(self, model, batch):
-        with forward_widths(self.accelerator.unwrap_model(model).policy) as lengths:
+        with forward_shapes(self.accelerator.unwrap_model(model).policy) as shapes:
             queries, query_mask, responses = original(self, model, batch)
-        calls.append((query_mask, responses.shape[1], lengths))
+        calls.append((query_mask, responses.shape[1], shapes))
         return queries, query_mask, responses
 
     monkeypatch.setattr(PPOTrainer, "generate", generate)
     extra = ("--gradient_checkpointing", "True", "--max_steps", "3")
     ppo_training.main(ppo_argv(eos_padded_policy, reward_dir, tmp_path / "prompts", tmp_path / "out", *extra))
     assert len(calls) == 3
-    for query_mask, answer_columns, lengths in calls:
-        ahead, decoded = lengths[:-answer_columns], lengths[-answer_columns:]  # a forward per answer column
-        assert decoded == [1] * answer_columns, f"a forward pass over the whole sequence: no KV cache ({lengths})"
-        assert 0 < sum(ahead) <= int((query_mask.sum(1) - 1).sum()), "the prompt ran more than once or padded"
-        assert max(ahead) < query_mask.shape[1], f"a padded prompt pass ({lengths})"
+    for query_mask, answer_columns, shapes in calls:
+        ahead, decoded = shapes[:-answer_columns], shapes[-answer_columns:]  # a forward per answer column
+        rows = query_mask.shape[0]
+        assert decoded == [(rows, 1)] * answer_columns, f"a pass over the whole sequence: no KV cache ({shapes})"
+        assert len(ahead) in (1, 2) and all(n == 1 for n, _ in ahead), f"a padded prompt pass ({shapes})"
+        shared = ahead[0][1] if len(ahead) == 2 else 0  # the beginning all rows share, run once
+        real = int((query_mask.sum(1) - 1).sum())  # the prompts' real tokens but their last
+        assert sum(width for _, width in ahead) == real - (rows - 1) * shared, "the prompt ran more than once"
     logged = assert_phase_seconds(tmp_path / "out", steps=3)
     assert all(entry["time/rollout_forward"] > 0 for entry in logged)
 
