@@ -20,9 +20,9 @@ from medgpt.generation import (
 from medgpt.shared_prefix import left_pad
 
 
-def lora_model(model_dir, dtype: torch.dtype):
+def lora_model(model_dir, dtype: torch.dtype, attention: str = "sdpa"):
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attention)
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
     for name, parameter in model.named_parameters():
         if "lora_B" in name:  # a trained adapter, not peft's zero start
@@ -143,14 +143,18 @@ def test_single_sequences_and_low_precision_are_not_packed(tiny_model_dir):
     assert not any("forward" in vars(m) for m in [*model.modules(), *half.modules()])
 
 
-@pytest.mark.parametrize(("shared", "budget"), [(0, 1024), (10, 1024), (10, 60)])
-def test_prompts_run_ahead_without_padding_give_the_same_answers(tiny_model_dir, monkeypatch, shared, budget):
+@pytest.mark.parametrize(
+    ("shared", "budget", "attention"), [(0, 1024, "sdpa"), (10, 1024, "sdpa"), (10, 60, "sdpa"), (10, 1024, "eager")]
+)
+def test_prompts_run_ahead_without_padding_give_the_same_answers(
+    tiny_model_dir, monkeypatch, shared, budget, attention
+):
     """Rows of 1 to 150 tokens, left-padded to 150 (with a 10-token beginning all share, or none): the prompt pass
     runs the shared beginning once and the rows' own tokens but their last packed into one row (into several where
     they pass the budget of a pass), never a padded column; generate then decodes the same greedy tokens with the
-    same logits as after the padded prompt pass."""
+    same logits as after the padded prompt pass, with either attention that takes the packed rows' mask."""
     monkeypatch.setattr("medgpt.generation.PACKED_TOKENS_PER_PASS", budget)
-    model = lora_model(tiny_model_dir, torch.float32)
+    model = lora_model(tiny_model_dir, torch.float32, attention)
     torch.manual_seed(1)
     beginning = torch.randint(3, 500, (shared,)).tolist()
     rows = [beginning + torch.randint(3, 500, (length,)).tolist() for length in (140, 3, 1, 40)] if shared else None
@@ -185,7 +189,7 @@ def test_packed_rows_see_the_shared_beginning_and_their_own_tokens_only():
     assert packed_attention_mask([1, 1], shared=0, dtype=torch.bfloat16).dtype == torch.bfloat16
 
 
-def test_one_row_one_token_right_padded_and_barely_padded_prompts_run_padded(tiny_model_dir):
+def test_one_row_one_token_right_padded_barely_padded_and_flash_attention_prompts_run_padded(tiny_model_dir):
     model = lora_model(tiny_model_dir, torch.float32)
     ids, mask = left_pad([list(range(3, 3 + n)) for n in (17, 3, 1, 9)], pad_id=0)  # 38 padded positions, 1 pass ahead
     assert prefilled_without_padding(model, ids, mask) is None
@@ -193,3 +197,7 @@ def test_one_row_one_token_right_padded_and_barely_padded_prompts_run_padded(tin
     assert prefilled_without_padding(model, torch.tensor([[5], [6]]), torch.ones(2, 1, dtype=torch.long)) is None
     right = torch.tensor([[1, 1, 1], [1, 1, 0]])  # generate would go on from the second row's padding
     assert prefilled_without_padding(model, torch.tensor([[5, 6, 7], [5, 6, 0]]), right) is None
+    wide, wide_mask = left_pad([list(range(3, 200)), [3, 4]], pad_id=0)
+    assert prefilled_without_padding(model, wide, wide_mask) is not None
+    model.config._attn_implementation = "flash_attention_2"  # takes no custom 4D mask
+    assert prefilled_without_padding(model, wide, wide_mask) is None
