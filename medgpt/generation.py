@@ -296,11 +296,11 @@ def _packed_groups(own_lengths: list[int], budget: int) -> list[list[int]]:
     """The rows with tokens of their own, in order, grouped into passes of at most `budget` tokens (a longer row
     alone)."""
     groups: list[list[int]] = []
-    total = budget
+    total = 0
     for row, n in enumerate(own_lengths):
         if n <= 0:
             continue
-        if total + n > budget:
+        if not groups or total + n > budget:
             groups.append([])
             total = 0
         groups[-1].append(row)
@@ -311,7 +311,8 @@ def _packed_groups(own_lengths: list[int], budget: int) -> list[list[int]]:
 def packed_attention_mask(own_lengths: list[int], shared: int, dtype: torch.dtype) -> torch.Tensor:
     """[1, 1, N, shared + N] additive mask (0 where attended, the dtype's lowest elsewhere) of one pass over several
     rows' tokens laid end to end (N = sum of own_lengths) after a shared beginning of `shared` cached tokens: each
-    token sees the whole beginning and its own row's tokens up to itself."""
+    token sees the whole beginning and its own row's tokens up to itself. (transformers builds such a mask from
+    restarting position ids only for a pass without a cache, so the pass after the cached beginning brings its own.)"""
     row_of = torch.repeat_interleave(torch.arange(len(own_lengths)), torch.tensor(own_lengths))
     order = torch.arange(len(row_of))
     own = (row_of[:, None] == row_of[None, :]) & (order[:, None] >= order[None, :])

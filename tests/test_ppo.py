@@ -146,8 +146,7 @@ def test_every_rollout_is_generated_with_the_kv_cache(eos_padded_policy, reward_
     runs the prompt once and then one new token per forward pass. On the CPU the prompt runs ahead without its
     padding (medgpt.generation.prefilled_without_padding): the beginning all rows share once, then the rows' own
     tokens but their last packed into one row, never a padded column; generate's first pass is then the prompts' last
-    column. The same run
-    logs each step's phase seconds."""
+    column. The same run logs each step's phase seconds."""
     long = {"conversations": [{"from": "human", "value": "My knee hurts after running. " * 12}]}
     write_jsonl(tmp_path / "prompts" / "train.jsonl", [*PROMPTS[:3], long])  # one long prompt pads the rollout
     calls, original = [], PPOTrainer.generate
